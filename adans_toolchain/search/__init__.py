@@ -1,0 +1,25 @@
+"""AdaNS search: Algorithm 1 with the Uniform, Zoom, Genetic and Gaussian
+samplers, a resumable journal and the reconstruction analysis.
+
+Pure numpy/scipy: this package never imports torch, onnx or matplotlib
+(plots import matplotlib lazily), so it stays cheap to import and to test.
+
+    result = maximize(fn, dim, sampler="gaussian", samples=50, iterations=20)
+"""
+
+from adans_toolchain.search.journal import read_journal
+from adans_toolchain.search.loop import maximize
+from adans_toolchain.search.samplers import SAMPLER_NAMES, Sampler, SearchContext, make_sampler
+from adans_toolchain.search.types import Evaluation, IterationSummary, SearchResult
+
+__all__ = [
+    "SAMPLER_NAMES",
+    "Evaluation",
+    "IterationSummary",
+    "Sampler",
+    "SearchContext",
+    "SearchResult",
+    "make_sampler",
+    "maximize",
+    "read_journal",
+]

@@ -1,0 +1,45 @@
+"""Sampling subroutines of AdaNS, one per module, and a registry by name."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from adans_toolchain.search.samplers.base import Sampler, SearchContext, apportion
+from adans_toolchain.search.samplers.gaussian import GaussianSampler
+from adans_toolchain.search.samplers.genetic import GeneticSampler
+from adans_toolchain.search.samplers.uniform import UniformSampler
+from adans_toolchain.search.samplers.zoom import ZoomSampler
+
+_REGISTRY: dict[str, type[Sampler]] = {
+    cls.name: cls for cls in (GaussianSampler, UniformSampler, ZoomSampler, GeneticSampler)
+}
+SAMPLER_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def make_sampler(name: str, **options: Any) -> Sampler:
+    """Build the sampler called `name` with keyword `options`."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}")
+    cls = _REGISTRY[name]
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"sampler {name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options are: {', '.join(known) or '(none)'}"
+        )
+    return cls(**options)
+
+
+__all__ = [
+    "SAMPLER_NAMES",
+    "GaussianSampler",
+    "GeneticSampler",
+    "Sampler",
+    "SearchContext",
+    "UniformSampler",
+    "ZoomSampler",
+    "apportion",
+    "make_sampler",
+]
