@@ -1,0 +1,1 @@
+"""Analysis of the exported ONNX graph: shapes, compute sites, coupled channel groups."""

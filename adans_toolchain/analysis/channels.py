@@ -1,0 +1,575 @@
+"""Coupled channel groups of an ONNX graph.
+
+Every channel of every activation tensor is an *element*. Operators that act
+channel by channel (BatchNormalization, Relu, Add, Mul, pooling, depthwise
+Conv, Concat, Pad, Flatten, ...) tie an input element to an output element;
+the connected components of these ties are the *units* that must be removed
+together (one unit is one channel of a convolution's output plus everything
+that channel flows into until a weighted operator reads it). Operators that
+mix channels through weights (Conv, Gemm, MatMul) *consume* elements on
+their input side and *produce* new, independent elements on the output side.
+
+Units that appear in exactly the same tensors form a *group*: one search
+dimension, pruned by one ratio. Concatenated branches and the zero-padded
+channels of a CIFAR ResNet shortcut therefore form separate groups, as they
+should: their channels have different producers.
+
+An element that reaches the model input or output, or an operator the
+analysis does not understand, freezes its unit, and the group is reported
+with that reason instead of being pruned.
+
+Exactness does not depend on zero surviving the path: search-time
+evaluation zeroes the *consumer* weights that read a pruned unit, so the
+unit's values, whatever they are, cannot reach the output; the lowered graph
+removes the same columns together with everything upstream of them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .graph import PROBE_BATCH, Graph, attributes
+
+PRODUCER, CONSUMER, CHANNELWISE = "producer", "consumer", "channelwise"
+
+
+@dataclass(frozen=True)
+class ParamBinding:
+    """Axis `axis` of initializer `param` is indexed by the channels of activation `tensor`."""
+
+    param: str
+    axis: int
+    tensor: str
+    role: str  # PRODUCER (makes the channel), CONSUMER (reads it), CHANNELWISE (per-channel op parameter)
+    node: str
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Units that live in the same tensors: one search dimension."""
+
+    id: str
+    units: tuple[dict[str, np.ndarray], ...]  # per unit: tensor -> channel indices in that tensor
+    tensors: tuple[str, ...]
+    producers: tuple[str, ...]  # node names whose weights make these channels
+    consumers: tuple[str, ...]  # node names whose weights read them
+    frozen_reason: str | None
+
+    @property
+    def size(self) -> int:
+        return len(self.units)
+
+    @property
+    def prunable(self) -> bool:
+        return self.frozen_reason is None
+
+    def channels_in(self, tensor: str, unit_indices) -> np.ndarray:
+        parts = [self.units[u][tensor] for u in unit_indices if tensor in self.units[u]]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class ChannelAnalysis:
+    graph: Graph
+    groups: list[ChannelGroup]
+    bindings: list[ParamBinding]
+    channel_tensors: dict[str, int]  # activation tensor -> channel count
+
+    @property
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    @property
+    def frozen_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if not g.prunable]
+
+    def bindings_for(self, tensor: str) -> list[ParamBinding]:
+        return [b for b in self.bindings if b.tensor == tensor]
+
+
+# ---------------------------------------------------------------------------
+# Operator classes
+# ---------------------------------------------------------------------------
+
+# Each output channel depends only on the same channel of the inputs (after
+# broadcasting); per-channel constant operands are parameters of the group.
+ELEMENTWISE = frozenset(
+    {
+        "Relu", "LeakyRelu", "PRelu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh",
+        "Identity", "Dropout", "Elu", "Selu", "Celu", "Gelu", "Erf", "Softplus", "Softsign", "Mish",
+        "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Cast",
+        "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Sin", "Cos",
+        "ThresholdedRelu", "Shrink", "Swish",
+    }
+)
+# Each output channel is a function of the same input channel over space.
+SPATIAL_CHANNELWISE = frozenset(
+    {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool", "InstanceNormalization"}
+)
+# Read only the shape of their input, never its values.
+SHAPE_ONLY = frozenset({"Shape", "Size"})
+
+
+class _Builder:
+    """Collects ties between elements, frozen elements and parameter bindings."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.offset: dict[str, int] = {}
+        self.count: dict[str, int] = {}
+        total = 0
+        for name in sorted(graph.activations, key=self._order_key):
+            shape = graph.shapes.get(name)
+            if shape is None or len(shape) < 2 or shape[0] != PROBE_BATCH:
+                continue
+            if not self._is_float(name):
+                continue
+            self.offset[name], self.count[name] = total, shape[1]
+            total += shape[1]
+        self.n = total
+        self.edges_a: list[np.ndarray] = []
+        self.edges_b: list[np.ndarray] = []
+        self.frozen = np.full(total, -1, dtype=np.int64)
+        self.reasons: list[str] = []
+        self.bindings: list[ParamBinding] = []
+
+    def _order_key(self, name: str) -> tuple[int, str]:
+        node = self.graph.producer.get(name)
+        index = self._node_index.get(node.name if node is not None else "", -1)
+        return (index, name)
+
+    @property
+    def _node_index(self) -> dict[str, int]:
+        if not hasattr(self, "_node_index_cache"):
+            self._node_index_cache = {n.name: i for i, n in enumerate(self.graph.nodes)}
+        return self._node_index_cache
+
+    def _is_float(self, name: str) -> bool:
+        value = self.graph.values.get(name)
+        if value is not None:
+            return value.dtype.kind == "f"
+        return True  # large activations are only kept as shapes; the probe only exposes typed outputs
+
+    # -- element helpers ---------------------------------------------------
+    def has(self, tensor: str) -> bool:
+        return tensor in self.offset
+
+    def elements(self, tensor: str) -> np.ndarray:
+        return np.arange(self.offset[tensor], self.offset[tensor] + self.count[tensor])
+
+    def tie(self, a: np.ndarray, b: np.ndarray) -> None:
+        if len(a):
+            self.edges_a.append(np.asarray(a))
+            self.edges_b.append(np.asarray(b))
+
+    def tie_tensors(self, a: str, b: str) -> None:
+        self.tie(self.elements(a), self.elements(b))
+
+    def freeze(self, tensors, reason: str) -> None:
+        index = len(self.reasons)
+        self.reasons.append(reason)
+        for t in tensors:
+            if self.has(t):
+                e = self.elements(t)
+                unset = self.frozen[e] < 0
+                self.frozen[e[unset]] = index
+
+    def bind(self, param: str, axis: int, tensor: str, role: str, node: onnx.NodeProto) -> None:
+        self.bindings.append(ParamBinding(param, axis, tensor, role, node.name))
+
+
+def _node_tensors(b: _Builder, node: onnx.NodeProto) -> list[str]:
+    return [t for t in list(node.input) + list(node.output) if t and b.has(t)]
+
+
+def _freeze_node(b: _Builder, node: onnx.NodeProto, why: str) -> None:
+    b.freeze(_node_tensors(b, node), f"{node.op_type} node '{node.name}': {why}")
+
+
+# ---------------------------------------------------------------------------
+# Rules: one function per operator family
+# ---------------------------------------------------------------------------
+
+
+def _rule_elementwise(b: _Builder, node: onnx.NodeProto) -> None:
+    out = node.output[0]
+    if not b.has(out):
+        _freeze_node(b, node, "output has no channel axis")
+        return
+    if any(o and o in b.graph.consumers for o in node.output[1:]):
+        _freeze_node(b, node, "a secondary output is used")
+        return
+    out_shape = b.graph.shapes[out]
+    rank, channels = len(out_shape), out_shape[1]
+    for name in node.input:
+        if not name:
+            continue
+        shape = b.graph.shapes.get(name)
+        if shape is None:
+            continue
+        aligned = 1 - (rank - len(shape))  # numpy broadcasting aligns trailing axes
+        dim = shape[aligned] if 0 <= aligned < len(shape) else 1
+        if b.has(name):
+            if dim == channels and aligned == 1:
+                b.tie_tensors(name, out)
+            else:
+                _freeze_node(b, node, f"input '{name}' is broadcast across channels")
+        elif dim == channels and channels > 1:
+            if name in b.graph.initializers:
+                b.bind(name, aligned, out, CHANNELWISE, node)
+            else:
+                _freeze_node(b, node, f"per-channel operand '{name}' is computed, not stored")
+        elif dim not in (1, channels):
+            _freeze_node(b, node, f"operand '{name}' has an unexpected shape {shape}")
+
+
+def _rule_spatial_channelwise(b: _Builder, node: onnx.NodeProto) -> None:
+    if len(node.output) > 1 and node.output[1] and node.output[1] in b.graph.consumers:
+        _freeze_node(b, node, "pooling indices are used")
+        return
+    x, y = node.input[0], node.output[0]
+    if not (b.has(x) and b.has(y)) or b.count[x] != b.count[y]:
+        _freeze_node(b, node, "channel counts of input and output differ")
+        return
+    b.tie_tensors(x, y)
+    if node.op_type == "InstanceNormalization":
+        for param in node.input[1:3]:
+            b.bind(param, 0, y, CHANNELWISE, node)
+
+
+def _rule_batchnorm(b: _Builder, node: onnx.NodeProto) -> None:
+    x, y = node.input[0], node.output[0]
+    if not (b.has(x) and b.has(y)) or any(p not in b.graph.initializers for p in node.input[1:5]):
+        _freeze_node(b, node, "statistics are not stored parameters")
+        return
+    b.tie_tensors(x, y)
+    for param in node.input[1:5]:
+        b.bind(param, 0, y, CHANNELWISE, node)
+
+
+def _rule_conv(b: _Builder, node: onnx.NodeProto) -> None:
+    x, w, y = node.input[0], node.input[1], node.output[0]
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if not (b.has(x) and b.has(y)):
+        _freeze_node(b, node, "input or output has no channel axis")
+        return
+    if w not in b.graph.initializers or (bias and bias not in b.graph.initializers):
+        _freeze_node(b, node, "its weights are computed at run time")
+        return
+    group = attributes(node).get("group", 1)
+    c_in, c_out = b.count[x], b.count[y]
+    if group == 1:
+        b.bind(w, 1, x, CONSUMER, node)
+        b.bind(w, 0, y, PRODUCER, node)
+        if bias:
+            b.bind(bias, 0, y, PRODUCER, node)
+    elif group == c_in and c_out % c_in == 0:
+        # Depthwise (with channel multiplier m): output channel c*m + j reads input c only.
+        m = c_out // c_in
+        b.tie(np.repeat(b.elements(x), m), b.elements(y))
+        b.bind(w, 0, y, CHANNELWISE, node)
+        if bias:
+            b.bind(bias, 0, y, CHANNELWISE, node)
+    else:
+        _freeze_node(b, node, f"grouped convolution (group={group}) needs the same channel count in every group")
+
+
+def _rule_conv_transpose(b: _Builder, node: onnx.NodeProto) -> None:
+    x, w, y = node.input[0], node.input[1], node.output[0]
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if attributes(node).get("group", 1) != 1 or w not in b.graph.initializers or not (b.has(x) and b.has(y)):
+        _freeze_node(b, node, "only ungrouped ConvTranspose with stored weights is supported")
+        return
+    b.bind(w, 0, x, CONSUMER, node)
+    b.bind(w, 1, y, PRODUCER, node)
+    if bias:
+        b.bind(bias, 0, y, PRODUCER, node)
+
+
+def _rule_gemm(b: _Builder, node: onnx.NodeProto) -> None:
+    a, w, y = node.input[0], node.input[1], node.output[0]
+    attrs = attributes(node)
+    if not (b.has(a) and b.has(y)) or attrs.get("transA", 0) or w not in b.graph.initializers:
+        _freeze_node(b, node, "only activation x stored-weight products (transA=0) are supported")
+        return
+    trans_b = attrs.get("transB", 0)
+    b.bind(w, 1 if trans_b else 0, a, CONSUMER, node)
+    b.bind(w, 0 if trans_b else 1, y, PRODUCER, node)
+    if len(node.input) > 2 and node.input[2]:
+        c = node.input[2]
+        shape = b.graph.shapes.get(c, ())
+        if c in b.graph.initializers and shape and shape[-1] == b.count[y] and np.prod(shape) == b.count[y]:
+            b.bind(c, len(shape) - 1, y, PRODUCER, node)
+        elif c in b.graph.initializers and int(np.prod(shape)) == 1:
+            pass  # a scalar bias does not depend on the channel
+        else:
+            _freeze_node(b, node, "its bias is not a stored per-feature vector")
+
+
+def _rule_matmul(b: _Builder, node: onnx.NodeProto) -> None:
+    a, w, y = node.input[0], node.input[1], node.output[0]
+    if not (b.has(a) and b.has(y)) or w not in b.graph.initializers:
+        _freeze_node(b, node, "only activation x stored-weight products are supported")
+        return
+    if len(b.graph.shapes[a]) != 2 or len(b.graph.shapes[w]) != 2:
+        _freeze_node(b, node, "the channel axis is not the contracted axis (rank > 2)")
+        return
+    b.bind(w, 0, a, CONSUMER, node)
+    b.bind(w, 1, y, PRODUCER, node)
+
+
+def _normalise_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _rule_concat(b: _Builder, node: onnx.NodeProto) -> None:
+    y = node.output[0]
+    if not b.has(y) or not all(b.has(i) for i in node.input if i):
+        _freeze_node(b, node, "an input has no channel axis")
+        return
+    axis = _normalise_axis(attributes(node)["axis"], len(b.graph.shapes[y]))
+    out = b.elements(y)
+    start = 0
+    for name in node.input:
+        if axis == 1:
+            b.tie(b.elements(name), out[start : start + b.count[name]])
+            start += b.count[name]
+        elif b.count[name] == b.count[y]:
+            b.tie_tensors(name, y)
+        else:
+            _freeze_node(b, node, "inputs disagree on the channel count")
+
+
+def _ints(b: _Builder, node: onnx.NodeProto, input_index: int, attr: str | None = None) -> list[int] | None:
+    if attr is not None and attr in attributes(node):
+        return list(attributes(node)[attr])
+    if len(node.input) > input_index and node.input[input_index]:
+        value = b.graph.constant(node.input[input_index])
+        return None if value is None else [int(v) for v in np.ravel(value)]
+    return None
+
+
+def _rule_pad(b: _Builder, node: onnx.NodeProto) -> None:
+    x, y = node.input[0], node.output[0]
+    pads = _ints(b, node, 1, "pads")
+    if not (b.has(x) and b.has(y)) or pads is None:
+        _freeze_node(b, node, "its pads are not known before run time")
+        return
+    rank = len(b.graph.shapes[x])
+    axes = _ints(b, node, 3) or list(range(rank))
+    axes = [_normalise_axis(a, rank) for a in axes]
+    before = dict(zip(axes, pads[: len(axes)]))
+    after = dict(zip(axes, pads[len(axes) :]))
+    if before.get(0, 0) or after.get(0, 0):
+        _freeze_node(b, node, "it pads the batch axis")
+        return
+    lead, trail = before.get(1, 0), after.get(1, 0)
+    if lead < 0 or trail < 0:
+        _freeze_node(b, node, "it crops channels")
+        return
+    if (lead or trail) and attributes(node).get("mode", b"constant") not in (b"constant", "constant"):
+        _freeze_node(b, node, "it pads channels by reflection or edge copy")
+        return
+    # Channels padded in are new elements of the output with no producer;
+    # pruning them only shortens the pad.
+    b.tie(b.elements(x), b.elements(y)[lead : lead + b.count[x]])
+
+
+def _rule_slice(b: _Builder, node: onnx.NodeProto) -> None:
+    x, y = node.input[0], node.output[0]
+    starts, ends = _ints(b, node, 1), _ints(b, node, 2)
+    if not (b.has(x) and b.has(y)) or starts is None or ends is None:
+        _freeze_node(b, node, "its bounds are not known before run time")
+        return
+    rank = len(b.graph.shapes[x])
+    axes = [_normalise_axis(a, rank) for a in (_ints(b, node, 3) or list(range(len(starts))))]
+    if 0 in axes and b.graph.shapes[x][0] != b.graph.shapes[y][0]:
+        _freeze_node(b, node, "it slices the batch axis")
+        return
+    if 1 in axes:
+        i = axes.index(1)
+        steps = _ints(b, node, 4) or [1] * len(axes)
+        start = starts[i] + b.count[x] if starts[i] < 0 else starts[i]
+        if b.count[x] != b.count[y] or start != 0 or steps[i] != 1:
+            _freeze_node(b, node, "it selects, reorders or strides channels")
+            return
+    b.tie_tensors(x, y)
+
+
+def _rule_flatten_reshape(b: _Builder, node: onnx.NodeProto) -> None:
+    x, y = node.input[0], node.output[0]
+    if not (b.has(x) and b.has(y)):
+        _freeze_node(b, node, "it moves the batch or channel axis")
+        return
+    xs, ys = b.graph.shapes[x], b.graph.shapes[y]
+    spatial = int(np.prod(xs[2:]))
+    if ys[1] == xs[1] and int(np.prod(ys[2:])) == spatial:
+        b.tie_tensors(x, y)  # channel axis untouched (e.g. N,C,1,1 -> N,C)
+    elif len(ys) == 2 and ys[1] == xs[1] * spatial:
+        # Channel-major flatten: channel c becomes features c*S .. c*S + S - 1.
+        b.tie(np.repeat(b.elements(x), spatial), b.elements(y))
+    else:
+        _freeze_node(b, node, f"it reshapes {list(xs)} to {list(ys)}, mixing the channel axis")
+
+
+def _rule_axes_op(b: _Builder, node: onnx.NodeProto) -> None:
+    """Squeeze/Unsqueeze/Transpose/Reduce*/Softmax: fine while axes 0 and 1 stay put."""
+    x, y = node.input[0], node.output[0]
+    if not (b.has(x) and b.has(y)):
+        _freeze_node(b, node, "it moves the batch or channel axis")
+        return
+    attrs = attributes(node)
+    rank_x, rank_y = len(b.graph.shapes[x]), len(b.graph.shapes[y])
+    op = node.op_type
+    if op == "Transpose":
+        perm = list(attrs.get("perm", reversed(range(rank_x))))
+        touched = {0, 1} if perm[:2] != [0, 1] else set()
+    elif op in ("Softmax", "LogSoftmax", "Hardmax"):
+        touched = {_normalise_axis(attrs.get("axis", -1), rank_x)}
+    else:
+        axes = _ints(b, node, 1, "axes")
+        rank = rank_y if op == "Unsqueeze" else rank_x
+        if axes is None:
+            axes = [] if op == "Squeeze" else list(range(rank))
+            if op == "Squeeze":
+                axes = [i for i, d in enumerate(b.graph.shapes[x]) if d == 1]
+        touched = {_normalise_axis(a, rank) for a in axes}
+    if touched & {0, 1} or b.count[x] != b.count[y]:
+        _freeze_node(b, node, "it acts on the batch or channel axis")
+        return
+    b.tie_tensors(x, y)
+
+
+_RULES: dict[str, Callable[[_Builder, onnx.NodeProto], None]] = {
+    **{op: _rule_elementwise for op in ELEMENTWISE},
+    **{op: _rule_spatial_channelwise for op in SPATIAL_CHANNELWISE},
+    "BatchNormalization": _rule_batchnorm,
+    "Conv": _rule_conv,
+    "ConvTranspose": _rule_conv_transpose,
+    "Gemm": _rule_gemm,
+    "MatMul": _rule_matmul,
+    "Concat": _rule_concat,
+    "Pad": _rule_pad,
+    "Slice": _rule_slice,
+    "Flatten": _rule_flatten_reshape,
+    "Reshape": _rule_flatten_reshape,
+    **{
+        op: _rule_axes_op
+        for op in (
+            "Squeeze", "Unsqueeze", "Transpose", "Softmax", "LogSoftmax", "Hardmax", "ReduceMean",
+            "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceProd",
+        )
+    },
+}
+
+
+# ---------------------------------------------------------------------------
+# Analysis
+# ---------------------------------------------------------------------------
+
+
+def analyse_channels(graph: Graph) -> ChannelAnalysis:
+    b = _Builder(graph)
+    for node in graph.nodes:
+        touches_channels = any(b.has(t) for t in list(node.input) + list(node.output) if t)
+        if not touches_channels or node.op_type in SHAPE_ONLY:
+            continue
+        rule = _RULES.get(node.op_type)
+        if rule is None:
+            _freeze_node(b, node, "operator not understood by the channel analysis")
+        else:
+            rule(b, node)
+    for name in (graph.input_name, *graph.output_names):
+        b.freeze([name], f"'{name}' is a model {'input' if name == graph.input_name else 'output'}")
+    units = _connected_units(b)
+    groups = _group_units(b, units)
+    return ChannelAnalysis(graph, groups, b.bindings, dict(b.count))
+
+
+def _connected_units(b: _Builder) -> np.ndarray:
+    """Component label of every element."""
+    if b.edges_a:
+        a = np.concatenate(b.edges_a)
+        c = np.concatenate(b.edges_b)
+    else:
+        a = c = np.zeros(0, dtype=np.int64)
+    adjacency = coo_matrix((np.ones(len(a), dtype=np.int8), (a, c)), shape=(b.n, b.n))
+    _, labels = connected_components(adjacency, directed=False)
+    return labels
+
+
+def _group_units(b: _Builder, labels: np.ndarray) -> list[ChannelGroup]:
+    tensor_of = np.empty(b.n, dtype=object)
+    channel_of = np.empty(b.n, dtype=np.int64)
+    for t, off in b.offset.items():
+        tensor_of[off : off + b.count[t]] = t
+        channel_of[off : off + b.count[t]] = np.arange(b.count[t])
+    # Units in element order, each as tensor -> channel indices.
+    order = np.argsort(labels, kind="stable")
+    boundaries = np.flatnonzero(np.diff(labels[order])) + 1
+    unit_members = np.split(order, boundaries)
+    unit_members.sort(key=lambda m: int(m[0]))
+    by_signature: dict[tuple[str, ...], list[np.ndarray]] = defaultdict(list)
+    for members in unit_members:
+        signature = tuple(sorted(set(tensor_of[members])))
+        by_signature[signature].append(members)
+    producers_of = defaultdict(set)
+    consumers_of = defaultdict(set)
+    for binding in b.bindings:
+        if binding.role == PRODUCER:
+            producers_of[binding.tensor].add(binding.node)
+        elif binding.role == CONSUMER:
+            consumers_of[binding.tensor].add(binding.node)
+    node_order = {n.name: i for i, n in enumerate(b.graph.nodes)}
+    groups = []
+    for signature, members_list in by_signature.items():
+        units = []
+        for members in members_list:
+            unit: dict[str, list[int]] = defaultdict(list)
+            for e in members:
+                unit[tensor_of[e]].append(int(channel_of[e]))
+            units.append({t: np.array(sorted(c), dtype=np.int64) for t, c in unit.items()})
+        all_members = np.concatenate(members_list)
+        frozen = b.frozen[all_members]
+        reason = b.reasons[int(frozen[frozen >= 0][0])] if (frozen >= 0).any() else None
+        producers = sorted({p for t in signature for p in producers_of[t]}, key=node_order.get)
+        consumers = sorted({c for t in signature for c in consumers_of[t]}, key=node_order.get)
+        if reason is None and not consumers:
+            reason = "no weighted operator reads these channels"
+        if reason is None and len(units) < 2:
+            reason = "a single channel: nothing to prune"
+        groups.append(
+            ChannelGroup(
+                id="",
+                units=tuple(units),
+                tensors=tuple(sorted(signature, key=lambda t: b.offset[t])),
+                producers=tuple(producers),
+                consumers=tuple(consumers),
+                frozen_reason=reason,
+            )
+        )
+    groups.sort(key=lambda g: b.offset[g.tensors[0]])
+    return _name_groups(b.graph, groups)
+
+
+def _name_groups(graph: Graph, groups: list[ChannelGroup]) -> list[ChannelGroup]:
+    """Stable, readable ids: the first producer's weight name without '.weight'."""
+    nodes = {n.name: n for n in graph.nodes}
+    named, seen = [], defaultdict(int)
+    for g in groups:
+        if g.producers:
+            weight = nodes[g.producers[0]].input[1]
+            base = weight.removesuffix(".weight") if weight.endswith(".weight") else g.producers[0]
+        else:
+            base = g.tensors[0]
+        seen[base] += 1
+        gid = base if seen[base] == 1 else f"{base}#{seen[base]}"
+        named.append(ChannelGroup(gid, g.units, g.tensors, g.producers, g.consumers, g.frozen_reason))
+    return named

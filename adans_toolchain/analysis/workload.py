@@ -1,0 +1,118 @@
+"""The operators a graph executes, with shapes, for the cost models.
+
+The same function prices a Plan (channel counts overridden from the
+analysis) and an emitted ONNX file (its own shapes), so predicted and lowered
+costs are computed by one piece of code.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Mapping
+
+from cost_models.workload import OpWorkload, Workload
+
+from ..plan import Plan
+from .channels import ChannelAnalysis
+from .graph import Graph, attributes
+
+# Operators that never cost anything at run time (metadata or folded away).
+_FREE_OPS = frozenset({"Constant", "Shape", "Size", "Identity", "Dropout", "ConstantOfShape", "Range"})
+
+
+def channel_counts(analysis: ChannelAnalysis, plan: Plan | None) -> dict[str, int]:
+    """Channel count of every activation tensor once the plan's units are removed."""
+    counts = dict(analysis.channel_tensors)
+    if plan is None:
+        return counts
+    groups = {g.id: g for g in analysis.groups}
+    removed: dict[str, int] = defaultdict(int)
+    for p in plan.pruning:
+        for u in p.removed:
+            for tensor, channels in groups[p.group].units[u].items():
+                removed[tensor] += len(channels)
+    for tensor, n in removed.items():
+        counts[tensor] -= n
+    return counts
+
+
+def _with_channels(shape: tuple[int, ...], channels: int | None, batch: int) -> tuple[int, ...]:
+    if not shape:
+        return shape
+    shape = (batch, *shape[1:])
+    if channels is not None and len(shape) >= 2:
+        shape = (shape[0], channels, *shape[2:])
+    return shape
+
+
+def graph_workload(graph: Graph, counts: Mapping[str, int] | None = None, *, batch: int = 1) -> Workload:
+    """One OpWorkload per costly node; `counts` overrides activation channel counts."""
+    counts = counts or {}
+    ops = []
+    for node in graph.nodes:
+        if node.op_type in _FREE_OPS or not node.input or not node.output:
+            continue
+        data_in = node.input[0]
+        if data_in not in graph.activations:
+            continue  # constant computation, folded before run time
+        out = node.output[0]
+        in_shape = _with_channels(graph.shapes.get(data_in, ()), counts.get(data_in), batch)
+        out_shape = _with_channels(graph.shapes.get(out, ()), counts.get(out), batch)
+        attrs = attributes(node)
+        weight_shape: tuple[int, ...] = ()
+        kernel = strides = dilations = ()
+        groups = 1
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        if node.op_type in ("Conv", "ConvTranspose"):
+            w = graph.shapes[node.input[1]]
+            kernel = tuple(w[2:])
+            strides = tuple(attrs.get("strides", [1] * len(kernel)))
+            dilations = tuple(attrs.get("dilations", [1] * len(kernel)))
+            groups = int(attrs.get("group", 1))
+            c_in_orig = graph.shapes[data_in][1]
+            c_in, c_out = in_shape[1], out_shape[1]
+            if groups > 1 and groups == c_in_orig:
+                groups = c_in  # depthwise stays depthwise
+            if node.op_type == "Conv":
+                weight_shape = (c_out, c_in // groups, *kernel)
+            else:
+                weight_shape = (c_in, c_out // groups, *kernel)
+        elif node.op_type == "Gemm":
+            k, f = in_shape[-1], out_shape[-1]
+            weight_shape = (f, k) if attrs.get("transB", 0) else (k, f)
+        elif node.op_type == "MatMul" and node.input[1] in graph.initializers:
+            weight_shape = (in_shape[-1], out_shape[-1])
+        elif node.op_type == "BatchNormalization":
+            weight_shape, has_bias = (out_shape[1],), True
+        extra = tuple(
+            _with_channels(graph.shapes.get(i, ()), counts.get(i), batch) if i in graph.activations else tuple(graph.shapes.get(i, ()))
+            for i in node.input[1:]
+            if i
+        )
+        ops.append(
+            OpWorkload(
+                op_type=node.op_type,
+                name=node.name or out,
+                input_shape=in_shape,
+                output_shape=out_shape,
+                weight_shape=weight_shape,
+                kernel=kernel,
+                strides=strides,
+                dilations=dilations,
+                groups=groups,
+                has_bias=has_bias,
+                extra_input_shapes=extra,
+            )
+        )
+    return tuple(ops)
+
+
+def plan_workloads(analysis: ChannelAnalysis, plans, *, batch: int = 1) -> list[Workload]:
+    return [graph_workload(analysis.graph, channel_counts(analysis, p), batch=batch) for p in plans]
+
+
+def parameter_count(graph: Graph, counts: Mapping[str, int] | None = None) -> int:
+    from cost_models.macs import workload_params
+
+    return workload_params(graph_workload(graph, counts))
+

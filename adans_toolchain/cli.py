@@ -1,0 +1,154 @@
+"""`adans-compile`: the command-line entry point.
+
+User errors (AdansError) print one line and exit non-zero; a traceback is
+shown only with --debug. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from .errors import AdansError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cost_models import cost_model_names
+
+    from .search import SAMPLER_NAMES
+
+    p = argparse.ArgumentParser(
+        prog="adans-compile",
+        description="Search per-layer compression with AdaNS and emit a smaller, validated ONNX model.",
+    )
+    p.add_argument("model", nargs="?", help="state_dict/checkpoint (with --arch), TorchScript archive, or pickled module (--trust-pickle)")
+    p.add_argument("--target", default="host", help="device to compile for (see --list-targets); default: host")
+    p.add_argument("--list-targets", action="store_true", help="list known targets and exit")
+    p.add_argument("--data", help="validation set scored during the search: .npz (x, y) or ImageFolder directory")
+    p.add_argument("--test-data", help="held-out test set, only for the report")
+    p.add_argument("--val-limit", type=int, help="use only the first N validation images")
+    p.add_argument("--arch", help="architecture of a state_dict: cifar_resnet20/32/44/56, torchvision:NAME, or package.module:callable")
+    p.add_argument("--trust-pickle", action="store_true", help="allow loading a whole pickled module (runs code from the file)")
+    p.add_argument("--mean", type=float, nargs=3, metavar="M", help="per-channel mean of [0,1] pixels (default ImageNet's)")
+    p.add_argument("--std", type=float, nargs=3, metavar="S", help="per-channel std of [0,1] pixels (default ImageNet's)")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="model input size (ImageFolder images are resized and centre-cropped)")
+    p.add_argument("--label-offset", type=int, default=0, help="added to every label (1 for 1001-class TF models)")
+    p.add_argument("--methods", default="ps", help="compression methods, comma separated (ps = structured channel pruning)")
+    p.add_argument("--sampler", default="gaussian", choices=SAMPLER_NAMES)
+    p.add_argument("--cost", default="macs", choices=cost_model_names())
+    thr = p.add_mutually_exclusive_group()
+    thr.add_argument("--accuracy-threshold", type=float, metavar="PCT", help="minimum top-1 on VAL, in percent")
+    thr.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="maximum top-1 drop on VAL, in points (default 2)")
+    p.add_argument("--accuracy-floor", type=float, metavar="POINTS", help="floor of the accuracy drop in the score (default: the allowed drop)")
+    p.add_argument("--priority", default="taylor", choices=("taylor", "l1"), help="channel priority (default: first-order Taylor)")
+    p.add_argument("--samples", type=int, default=50, help="samples per iteration, b (default 50)")
+    p.add_argument("--iterations", type=int, default=20, help="iterations, T, including the initial batch (default 20)")
+    p.add_argument("--boundary-rounds", type=int, default=6, help="bisection rounds per site for the boundary (default 6)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="where candidates are evaluated: cpu or cuda")
+    p.add_argument("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime (default: the target's)")
+    p.add_argument("--batch-size", type=int, default=250, help="evaluation batch size")
+    p.add_argument("--measure-batches", type=int, nargs="+", default=[1, 32], help="batch sizes to measure speed at")
+    p.add_argument("--measure-budget", type=float, default=8.0, dest="measure_budget_s", help="seconds of timing per batch size")
+    p.add_argument("--no-measure", action="store_true", help="skip the speed measurement")
+    p.add_argument("-o", "--out", help="output directory")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="OUT", help="continue the run in OUT (or -o)")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _config_from_args(args: argparse.Namespace, argv: list[str]):
+    from .config import CompileConfig
+    from .errors import ConfigError
+
+    out = args.resume if isinstance(args.resume, str) else args.out
+    missing = [flag for flag, value in (("MODEL", args.model), ("--data", args.data), ("-o OUT", out)) if not value]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)}; see adans-compile --help")
+    return CompileConfig(
+        model=args.model,
+        data=args.data,
+        out=out,
+        target=args.target,
+        arch=args.arch,
+        trust_pickle=args.trust_pickle,
+        test_data=args.test_data,
+        val_limit=args.val_limit,
+        mean=tuple(args.mean) if args.mean else None,
+        std=tuple(args.std) if args.std else None,
+        input_size=tuple(args.input_size) if args.input_size else None,
+        label_offset=args.label_offset,
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        sampler=args.sampler,
+        cost=args.cost,
+        accuracy_threshold=args.accuracy_threshold,
+        max_accuracy_drop=args.max_accuracy_drop,
+        accuracy_floor=args.accuracy_floor,
+        priority=args.priority,
+        samples=args.samples,
+        iterations=args.iterations,
+        boundary_rounds=args.boundary_rounds,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        measure_batches=tuple(args.measure_batches),
+        measure_budget_s=args.measure_budget_s,
+        no_measure=args.no_measure,
+        resume=bool(args.resume),
+        overwrite=args.overwrite,
+        debug=args.debug,
+        command=shlex.join(["adans-compile", *argv]),
+    )
+
+
+def _list_targets() -> int:
+    from targets import known_target_ids, load_target
+
+    for tid in known_target_ids():
+        t = load_target(tid)
+        print(f"{t.id:16s} {t.kind:4s} {t.description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.list_targets:
+            return _list_targets()
+        from .pipeline import compile_model
+        from .progress import Progress
+
+        cfg = _config_from_args(args, argv)
+        report = compile_model(cfg, Progress())
+    except AdansError as e:
+        if args.debug:
+            raise
+        print(f"adans-compile: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("adans-compile: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    _print_summary(report, Path(args.resume if isinstance(args.resume, str) else args.out))
+    return 0
+
+
+def _print_summary(report: dict, out: Path) -> None:
+    b, c, s = report["baseline"], report["compressed"], report["speedup"]
+    line = f"top-1 VAL {b['top1_val']:.2f} -> {c['top1_val']:.2f} %"
+    if "top1_test" in b:
+        line += f", TEST {b['top1_test']:.2f} -> {c['top1_test']:.2f} %"
+    line += f"; MACs {c['macs'] / b['macs']:.1%} of baseline (theoretical {s['theoretical']:.2f}x)"
+    m = s.get("measured_host")
+    if m:
+        line += "; measured " + ", ".join(f"{v['speedup']:.2f}x @ batch {k.removeprefix('batch_')}" for k, v in m.items() if k.startswith("batch_"))
+    print(line)
+    print(f"model: {out / 'model.onnx'}\nreport: {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Settings of one compile, as typed, frozen data (the CLI builds it; tests can too)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    model: str
+    data: str
+    out: str
+    target: str = "host"
+    arch: str | None = None
+    trust_pickle: bool = False
+    test_data: str | None = None
+    val_limit: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    input_size: tuple[int, int] | None = None
+    label_offset: int = 0
+    methods: tuple[str, ...] = ("ps",)
+    sampler: str = "gaussian"
+    cost: str = "macs"
+    accuracy_threshold: float | None = None
+    max_accuracy_drop: float | None = None
+    accuracy_floor: float | None = None  # None: the allowed drop (see scoring.py)
+    priority: str = "taylor"
+    samples: int = 50
+    iterations: int = 20
+    boundary_rounds: int = 6
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    batch_size: int = 250
+    measure_batches: tuple[int, ...] = (1, 32)
+    measure_budget_s: float = 8.0
+    no_measure: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    debug: bool = False
+    command: str = field(default="", compare=False)
+
+    def resume_key(self) -> dict:
+        """The settings recorded in OUT/config.json and compared on --resume."""
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -1,0 +1,1 @@
+"""Frontend: load the user's model and data, export to ONNX with names kept."""

@@ -1,0 +1,11 @@
+"""Lowering: graph surgery that turns the winning Plan into a physically smaller ONNX model.
+
+Every change is a pass with a `check` ("can I?", returning a reason or None)
+kept apart from `apply` ("do it"), in the style of onnxscript's passes.
+"""
+
+from .base import LoweringPass, PassResult, run_passes
+from .prune_channels import PruneChannelsPass
+from .simplify import CheckModelPass, SimplifyPass
+
+__all__ = ["CheckModelPass", "LoweringPass", "PassResult", "PruneChannelsPass", "SimplifyPass", "run_passes"]

@@ -1,0 +1,161 @@
+"""Remove pruned channels from the ONNX graph.
+
+Every initializer axis that the analysis bound to an activation's channels is
+sliced to that activation's kept channels: producers lose output rows,
+consumers lose input columns, BatchNorm/depthwise/per-channel constants lose
+entries. Attributes and shape constants that spell out a channel count
+(depthwise `group`, channel `pads`, Reshape targets) are rewritten.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..analysis.channels import ChannelAnalysis
+from ..analysis.graph import Graph, attributes
+from ..errors import LoweringError
+from ..plan import Plan
+from .base import LoweringPass, PassResult
+
+
+def kept_channels(analysis: ChannelAnalysis, plan: Plan) -> dict[str, np.ndarray]:
+    """For every activation tensor the plan touches, the channel indices that stay."""
+    groups = {g.id: g for g in analysis.groups}
+    removed: dict[str, list[np.ndarray]] = defaultdict(list)
+    for p in plan.pruning:
+        if not p.removed:
+            continue
+        group = groups.get(p.group)
+        if group is None:
+            raise LoweringError(f"the plan names group '{p.group}', which this model does not have")
+        if group.size != p.size:
+            raise LoweringError(f"group '{p.group}' has {group.size} units, the plan says {p.size}")
+        if not group.prunable:
+            raise LoweringError(f"group '{p.group}' is frozen ({group.frozen_reason}) but the plan prunes it")
+        for tensor in group.tensors:
+            removed[tensor].append(group.channels_in(tensor, p.removed))
+    kept = {}
+    for tensor, parts in removed.items():
+        drop = np.unique(np.concatenate(parts))
+        kept[tensor] = np.setdiff1d(np.arange(analysis.channel_tensors[tensor]), drop)
+    return kept
+
+
+class PruneChannelsPass(LoweringPass):
+    name = "prune-channels"
+    requires = ("the model is the one the analysis was made on (same fingerprint)",)
+    ensures = ("pruned channels are absent from every weight, attribute and shape constant",)
+
+    def __init__(self, analysis: ChannelAnalysis, plan: Plan) -> None:
+        self.analysis = analysis
+        self.plan = plan
+
+    def check(self, model: onnx.ModelProto) -> str | None:
+        if model is not self.analysis.graph.model and model.graph.SerializeToString() != self.analysis.graph.model.graph.SerializeToString():
+            return "the model is not the one the channel analysis was made on"
+        return None
+
+    def apply(self, model: onnx.ModelProto) -> PassResult:
+        kept = kept_channels(self.analysis, self.plan)
+        if not kept:
+            return PassResult(model, False)
+        graph = self.analysis.graph
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        new_values = self._slice_initializers(graph, kept)
+        replacements: dict[str, np.ndarray] = {}
+        for node in out.graph.node:
+            self._rewrite_node(graph, node, kept, replacements)
+        for init in out.graph.initializer:
+            if init.name in new_values:
+                init.CopyFrom(numpy_helper.from_array(new_values[init.name], init.name))
+        for name, value in replacements.items():
+            out.graph.initializer.append(numpy_helper.from_array(value, name))
+        del out.graph.value_info[:]  # shapes changed; re-inferred downstream
+        return PassResult(out, True)
+
+    def _slice_initializers(self, graph: Graph, kept: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        axis_source: dict[tuple[str, int], str] = {}
+        for b in self.analysis.bindings:
+            if b.tensor not in kept:
+                continue
+            other = axis_source.setdefault((b.param, b.axis), b.tensor)
+            if other != b.tensor and not np.array_equal(kept[other], kept[b.tensor]):
+                raise LoweringError(
+                    f"initializer '{b.param}' is shared by '{other}' and '{b.tensor}', which keep different channels"
+                )
+        result = {}
+        by_param: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for (param, axis), tensor in axis_source.items():
+            by_param[param].append((axis, tensor))
+        for param, axes in by_param.items():
+            value = graph.initializers[param]
+            for axis, tensor in axes:
+                value = np.take(value, kept[tensor], axis=axis)
+            result[param] = np.ascontiguousarray(value)
+        return result
+
+    def _rewrite_node(self, graph: Graph, node: onnx.NodeProto, kept: dict[str, np.ndarray], replacements: dict) -> None:
+        if node.op_type == "Conv":
+            x = node.input[0]
+            group = attributes(node).get("group", 1)
+            if group > 1 and x in kept:
+                # Only depthwise convolutions reach here (grouped ones are frozen).
+                _set_int_attribute(node, "group", len(kept[x]))
+        elif node.op_type == "Pad":
+            self._rewrite_pad(graph, node, kept, replacements)
+        elif node.op_type == "Reshape":
+            self._rewrite_reshape(graph, node, kept, replacements)
+
+    def _rewrite_pad(self, graph: Graph, node: onnx.NodeProto, kept, replacements) -> None:
+        x, y = node.input[0], node.output[0]
+        if y not in kept:
+            return
+        pads = graph.constant(node.input[1])
+        if pads is None:
+            raise LoweringError(f"Pad node '{node.name}': pads are not a constant")
+        pads = np.array(pads, dtype=np.int64)
+        rank = len(graph.shapes[x])
+        axes = list(range(rank))
+        if len(node.input) > 3 and node.input[3]:
+            axes = [int(a) + rank if a < 0 else int(a) for a in graph.constant(node.input[3])]
+        if 1 not in axes:
+            return
+        i, n = axes.index(1), len(axes)
+        lead, c_in = int(pads[i]), graph.shapes[x][1]
+        y_kept = kept[y]
+        pads[i] = int(np.sum(y_kept < lead))
+        pads[n + i] = int(np.sum(y_kept >= lead + c_in))
+        name = f"{node.name or y}__pads_pruned"
+        replacements[name] = pads
+        node.input[1] = name
+
+    def _rewrite_reshape(self, graph: Graph, node: onnx.NodeProto, kept, replacements) -> None:
+        x, y = node.input[0], node.output[0]
+        if x not in kept:
+            return
+        target = graph.constant(node.input[1])
+        if target is None:
+            return  # computed from Shape at run time: follows the new channel count by itself
+        target = np.array(target, dtype=np.int64)
+        if len(target) < 2 or target[1] in (-1, 0):
+            return  # the channel-bearing dimension is inferred
+        in_shape, out_shape = graph.shapes[x], graph.shapes[y]
+        spatial = int(np.prod(in_shape[2:]))
+        new_c = len(kept[x])
+        target[1] = new_c if out_shape[1] == in_shape[1] else new_c * spatial
+        name = f"{node.name or y}__shape_pruned"
+        replacements[name] = target
+        node.input[1] = name
+
+
+def _set_int_attribute(node: onnx.NodeProto, name: str, value: int) -> None:
+    for a in node.attribute:
+        if a.name == name:
+            a.i = value
+            return
+    node.attribute.append(onnx.helper.make_attribute(name, value))

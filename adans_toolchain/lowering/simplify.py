@@ -1,0 +1,38 @@
+"""Clean-up passes: onnxsim simplification and the ONNX checker."""
+
+from __future__ import annotations
+
+import onnx
+
+from ..errors import LoweringError
+from .base import LoweringPass, PassResult
+
+
+class SimplifyPass(LoweringPass):
+    """onnxsim: constant folding, dead-node removal, Conv+BatchNorm fusion."""
+
+    name = "onnxsim"
+    ensures = ("constant subgraphs folded", "dead nodes removed")
+
+    def apply(self, model: onnx.ModelProto) -> PassResult:
+        import onnxsim
+
+        try:
+            simplified, ok = onnxsim.simplify(model)
+        except Exception as e:  # noqa: BLE001 - onnxsim raises bare RuntimeErrors
+            raise LoweringError(f"onnxsim failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        if not ok:
+            raise LoweringError("onnxsim could not verify the simplified model")
+        return PassResult(simplified, True)
+
+
+class CheckModelPass(LoweringPass):
+    name = "onnx-checker"
+    ensures = ("onnx.checker passes with full shape inference",)
+
+    def apply(self, model: onnx.ModelProto) -> PassResult:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise LoweringError(f"the lowered model is not valid ONNX: {str(e).splitlines()[0]}") from e
+        return PassResult(model, False)

@@ -1,0 +1,1 @@
+"""Architectures bundled with adans (built-in names for `--arch`)."""

@@ -1,0 +1,334 @@
+"""The compile pipeline: load -> analyse -> search -> lower -> validate -> measure -> report.
+
+Each step lives in its own module; this one only wires them together, in
+the order of ARCHITECTURE.md's data flow, and decides what is written to OUT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from cost_models import make_cost_model
+from targets import Target, UnknownTargetError, load_target
+
+from . import report as report_writer
+from .analysis.channels import ChannelAnalysis, analyse_channels
+from .analysis.graph import Graph
+from .analysis.workload import channel_counts, graph_workload, plan_workloads
+from .boundary import characterise_boundary, initial_batch
+from .config import CompileConfig
+from .errors import ConfigError, DataError, InputError
+from .evaluation import SubstitutionEvaluator
+from .frontend.data import IMAGENET_MEAN, IMAGENET_STD, ImageSet, Preprocessing, load_image_set
+from .frontend.export import export_onnx
+from .frontend.models import load_model
+from .lowering import CheckModelPass, PruneChannelsPass, SimplifyPass, run_passes
+from .measure import measured_speedup
+from .plan import Plan
+from .progress import Progress
+from .scoring import AdaNSScore
+from .search import SAMPLER_NAMES, maximize
+from .space import CompressionSpace
+from .transforms.channel_pruning import ChannelPruningTransform
+from .validate import run_onnx, validate_lowered
+from .workspace import EvaluationCache, Workspace, atomic_write_bytes, atomic_write_text
+
+SUPPORTED_METHODS = ("ps",)
+DEFAULT_MAX_DROP = 2.0
+VALIDATION_IMAGES = 256
+
+
+@dataclass
+class _Inputs:
+    target: Target
+    threads: int
+    module: torch.nn.Module
+    model_description: str
+    val: ImageSet
+    test: ImageSet | None
+    preprocessing: Preprocessing
+    onnx_model: onnx.ModelProto
+    analysis: ChannelAnalysis
+
+
+def check_config(cfg: CompileConfig) -> None:
+    unknown = [m for m in cfg.methods if m not in SUPPORTED_METHODS]
+    if unknown or not cfg.methods:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown) or '(none)'}; supported: {', '.join(SUPPORTED_METHODS)}")
+    if cfg.sampler not in SAMPLER_NAMES:
+        raise ConfigError(f"unknown sampler '{cfg.sampler}'; choose one of {', '.join(SAMPLER_NAMES)}")
+    if cfg.accuracy_threshold is not None and cfg.max_accuracy_drop is not None:
+        raise ConfigError("give either --accuracy-threshold or --max-accuracy-drop, not both")
+    if cfg.max_accuracy_drop is not None and cfg.max_accuracy_drop < 0:
+        raise ConfigError("--max-accuracy-drop must be >= 0 points")
+    if cfg.accuracy_threshold is not None and not 0 < cfg.accuracy_threshold <= 100:
+        raise ConfigError("--accuracy-threshold is a top-1 percentage in (0, 100]")
+    if cfg.samples < 2 or cfg.iterations < 1:
+        raise ConfigError("--samples must be >= 2 and --iterations >= 1")
+    if cfg.priority not in ("taylor", "l1"):
+        raise ConfigError("--priority must be taylor or l1")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was given but PyTorch sees no CUDA device; use --device cpu")
+    if (cfg.mean is None) != (cfg.std is None):
+        raise ConfigError("give --mean and --std together")
+
+
+def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
+    try:
+        target = load_target(cfg.target)
+    except UnknownTargetError as e:
+        raise ConfigError(str(e)) from e
+    threads = cfg.threads or target.threads or 1
+    torch.set_num_threads(threads)
+    prep = Preprocessing(
+        mean=tuple(cfg.mean) if cfg.mean else IMAGENET_MEAN,
+        std=tuple(cfg.std) if cfg.std else IMAGENET_STD,
+        input_size=tuple(cfg.input_size) if cfg.input_size else None,
+        label_offset=cfg.label_offset,
+    )
+    progress.step(f"loading model {cfg.model}")
+    loaded = load_model(cfg.model, cfg.arch, cfg.trust_pickle)
+    explicit = cfg.mean is not None
+    val = load_image_set(cfg.data, prep, limit=cfg.val_limit, explicit_normalisation=explicit)
+    test = load_image_set(cfg.test_data, prep, explicit_normalisation=explicit) if cfg.test_data else None
+    if test is not None and test.image_shape != val.image_shape:
+        raise DataError(f"test images are {test.image_shape} but validation images are {val.image_shape}; they must match")
+    progress.step(f"exporting to ONNX and analysing channel groups (input {list(val.image_shape)})")
+    onnx_model = export_onnx(loaded.module, val.image_shape)
+    graph = Graph.from_model(onnx_model, val.image_shape)
+    classes = graph.shapes[graph.output_names[0]][-1]
+    for name, data in (("VAL", val), ("TEST", test)):
+        if data is None:
+            continue
+        lo, hi = int(data.y.min()), int(data.y.max())
+        if lo < 0 or hi >= classes:
+            raise DataError(
+                f"{name} labels range over {lo}..{hi} but the model has {classes} outputs; "
+                "fix the labels (or --label-offset for models with a background class)"
+            )
+    analysis = analyse_channels(graph)
+    return _Inputs(target, threads, loaded.module, loaded.description, val, test, prep, onnx_model, analysis)
+
+
+def _fingerprint(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(model.graph.SerializeToString()).hexdigest()[:16]
+
+
+def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
+    progress = progress or Progress()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    check_config(cfg)
+    torch.manual_seed(cfg.seed)
+    inputs = _load_inputs(cfg, progress)
+    analysis = inputs.analysis
+    transform = ChannelPruningTransform(analysis)
+    evaluator = SubstitutionEvaluator(inputs.module, inputs.val, transform, device=cfg.device, batch_size=cfg.batch_size)
+    identity = Plan((), _fingerprint(inputs.onnx_model))
+    baseline_val = float(evaluator.accuracy([identity])[0])
+    drop = cfg.max_accuracy_drop if cfg.accuracy_threshold is None else None
+    threshold = cfg.accuracy_threshold if cfg.accuracy_threshold is not None else baseline_val - (DEFAULT_MAX_DROP if drop is None else drop)
+    if threshold > baseline_val:
+        raise InputError(
+            f"the accuracy threshold {threshold:.2f}% is above the baseline's own {baseline_val:.2f}% on VAL; "
+            "lower --accuracy-threshold (or use --max-accuracy-drop)"
+        )
+    # One image's worth of accuracy is the smallest meaningful floor.
+    floor = cfg.accuracy_floor or max(baseline_val - threshold, 100.0 / len(inputs.val))
+    timings["load_export_analyse_s"] = time.perf_counter() - t0
+    progress.step(
+        f"baseline top-1 on VAL {baseline_val:.2f}% ({len(inputs.val)} images); threshold {threshold:.2f}%; "
+        f"{len(analysis.prunable_groups)} prunable groups, {len(analysis.frozen_groups)} frozen"
+    )
+    if not analysis.prunable_groups:
+        reasons = "; ".join(f"{g.id}: {g.frozen_reason}" for g in analysis.frozen_groups[:3])
+        raise InputError(f"no channel group of this model can be pruned ({reasons})")
+
+    ws = Workspace.open(cfg.out, cfg.resume_key(), resume=cfg.resume, overwrite=cfg.overwrite)
+    t = time.perf_counter()
+    priorities = ws.load_array_dict("priorities.npz")
+    if priorities is None:
+        progress.step(f"channel priorities ({cfg.priority}) on {len(inputs.val)} images")
+        priorities = evaluator.priorities(analysis, analysis.prunable_groups, cfg.priority)
+        ws.save_array_dict("priorities.npz", priorities)
+    timings["priorities_s"] = time.perf_counter() - t
+    space = CompressionSpace.from_priorities(analysis.prunable_groups, priorities, identity.model_fingerprint)
+    cost_model = make_cost_model(cfg.cost, inputs.target)
+    baseline_cost = float(cost_model.estimate(plan_workloads(analysis, [identity]))[0])
+    score = AdaNSScore(baseline_val, baseline_cost, threshold, floor)
+    cache = EvaluationCache(ws.state / "evaluations.jsonl")
+    stats = {"evaluated": 0, "cached": 0, "eval_seconds": 0.0}
+
+    def accuracies(xs: np.ndarray) -> np.ndarray:
+        xs = np.atleast_2d(xs)
+        keys = [cache.key(tuple(space.removed_count(i, v) for i, v in enumerate(x))) for x in xs]
+        missing = {}
+        for k, x in zip(keys, xs):
+            if cache.get(k) is None and k not in missing:
+                missing[k] = x
+        if missing:
+            start = time.perf_counter()
+            acc = evaluator.accuracy(space.decode_batch(np.array(list(missing.values()))))
+            stats["eval_seconds"] += time.perf_counter() - start
+            cache.put_many([{"key": k, "accuracy": float(a)} for k, a in zip(missing, acc)])
+        stats["evaluated"] += len(missing)
+        stats["cached"] += len(xs) - len(missing)
+        return np.array([cache.get(k)["accuracy"] for k in keys])
+
+    t = time.perf_counter()
+    progress.step(f"boundary characterisation: bisection on {space.dim} sites")
+    # On resume every evaluation below is a cache hit, so this costs nothing.
+    boundary = characterise_boundary(accuracies, np.array([s.size for s in space.sites]), threshold, rounds=cfg.boundary_rounds)
+    ws.save_json("boundary.json", boundary.as_dict())
+    timings["boundary_s"] = time.perf_counter() - t
+    progress.step(
+        f"boundary: mean theta {boundary.theta.mean():.2f}, feasible diagonal scale {boundary.diagonal_scale:.2f} "
+        f"({boundary.evaluations} evaluations)"
+    )
+
+    best_seen = {"ratio": 1.0}
+
+    def objective(xs: np.ndarray):
+        acc = accuracies(xs)
+        plans = space.decode_batch(xs)
+        costs = cost_model.estimate(plan_workloads(analysis, plans))
+        f = score(acc, costs)
+        feasible = score.feasible(acc)
+        if feasible.any():
+            best_seen["ratio"] = min(best_seen["ratio"], float(np.min(costs[feasible]) / baseline_cost))
+        infos = [
+            {"accuracy": float(a), "cost": float(c), "cost_ratio": float(c / baseline_cost), "feasible": bool(ok)}
+            for a, c, ok in zip(acc, costs, feasible)
+        ]
+        return f, infos
+
+    def on_iteration(summary) -> None:
+        rate = stats["evaluated"] / max(stats["eval_seconds"], 1e-9)
+        progress.bar(
+            summary.iteration + 1,
+            cfg.iterations,
+            f"best f {summary.best_f:.3f}  alpha {summary.alpha:.2f}  best feasible {cfg.cost} {best_seen['ratio']:.1%}  "
+            f"({rate:.1f} eval/s)",
+        )
+
+    t = time.perf_counter()
+    init = initial_batch(boundary, cfg.samples, np.random.default_rng([cfg.seed, 2**31 - 1]))
+    result = maximize(
+        objective,
+        space.dim,
+        sampler=cfg.sampler,
+        samples=cfg.samples,
+        iterations=cfg.iterations,
+        seed=cfg.seed,
+        lower=np.zeros(space.dim),
+        upper=boundary.theta,
+        init=init,
+        journal=ws.history_path,
+        callback=on_iteration,
+    )
+    progress.done()
+    timings["search_s"] = time.perf_counter() - t
+    feasible = [e for e in result.history if e.info.get("feasible")]
+    notes = list(evaluator.notes)
+    if feasible:
+        best = max(feasible, key=lambda e: e.f)
+        best_plan = space.decode(best.x)
+    else:
+        best = None
+        best_plan = identity
+        notes.append("no candidate met the accuracy threshold; the emitted model is the uncompressed baseline")
+
+    progress.step("lowering the best plan and validating it numerically")
+    t = time.perf_counter()
+    baseline_onnx, _ = run_passes(inputs.onnx_model, [CheckModelPass(), SimplifyPass()])
+    lowered, pass_log = run_passes(inputs.onnx_model, [PruneChannelsPass(analysis, best_plan), CheckModelPass(), SimplifyPass(), CheckModelPass()])
+    x_check = inputs.val.x[:VALIDATION_IMAGES]
+    reference = evaluator.logits(best_plan, x_check)
+    validation = validate_lowered(lowered, reference, x_check.numpy(), threads=inputs.threads)
+    timings["lower_validate_s"] = time.perf_counter() - t
+
+    progress.step("measuring accuracy of the emitted ONNX models")
+    accuracy = _onnx_accuracies(baseline_onnx, lowered, inputs, cfg)
+    measured = None
+    if not cfg.no_measure:
+        progress.step(f"measuring speed in ONNX Runtime ({inputs.threads} threads, batches {list(cfg.measure_batches)})")
+        t = time.perf_counter()
+        measured = measured_speedup(
+            baseline_onnx, lowered, inputs.val.image_shape, tuple(cfg.measure_batches), threads=inputs.threads, time_budget_s=cfg.measure_budget_s
+        )
+        timings["measure_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+
+    out = Path(cfg.out)
+    atomic_write_bytes(out / "baseline.onnx", baseline_onnx.SerializeToString())
+    atomic_write_bytes(out / "model.onnx", lowered.SerializeToString())
+    atomic_write_text(out / "plan.json", best_plan.to_json())
+    report = report_writer.build_report(
+        cfg=cfg,
+        inputs=inputs,
+        space=space,
+        boundary=boundary,
+        score=score,
+        result=result,
+        best=best,
+        plan=best_plan,
+        baseline_onnx=baseline_onnx,
+        lowered=lowered,
+        validation=validation,
+        accuracy=accuracy,
+        measured=measured,
+        pass_log=pass_log,
+        stats=stats,
+        timings=timings,
+        notes=notes,
+        cost_model=cost_model,
+    )
+    report_writer.write_report(out, report, result)
+    progress.step(f"done: {out / 'report.md'}")
+    return report
+
+
+def _onnx_accuracies(baseline_onnx: onnx.ModelProto, lowered: onnx.ModelProto, inputs: _Inputs, cfg: CompileConfig) -> dict:
+    """Top-1 of the emitted ONNX files themselves (what a user will deploy)."""
+    result = {}
+    for split, data in (("val", inputs.val), ("test", inputs.test)):
+        if data is None:
+            continue
+        y = data.y.numpy()
+        x = data.x.numpy()
+        for name, model in (("baseline", baseline_onnx), ("compressed", lowered)):
+            logits = run_onnx(model, x, threads=inputs.threads, batch_size=cfg.batch_size)
+            result[f"{name}_{split}"] = float(100.0 * np.mean(logits.argmax(1) == y))
+    return result
+
+
+def plan_layer_table(analysis: ChannelAnalysis, plan: Plan) -> list[dict]:
+    """Per weighted layer: channels and MACs before and after the plan."""
+    from cost_models import op_macs
+
+    before = graph_workload(analysis.graph)
+    after = graph_workload(analysis.graph, channel_counts(analysis, plan))
+    nodes = {n.name: n for n in analysis.graph.nodes}
+    rows = []
+    for b, a in zip(before, after):
+        if b.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
+            continue
+        node = nodes.get(b.name)
+        weight = node.input[1] if node is not None and len(node.input) > 1 else b.name
+        rows.append(
+            {
+                "layer": weight.removesuffix(".weight"),
+                "op": b.op_type + (" (depthwise)" if b.groups > 1 and b.groups == b.input_shape[1] else ""),
+                "in_channels": [b.input_shape[1], a.input_shape[1]],
+                "out_channels": [b.output_shape[1], a.output_shape[1]],
+                "macs": [op_macs(b), op_macs(a)],
+            }
+        )
+    return rows

@@ -1,0 +1,222 @@
+"""report.json (for tools) and report.md (for people), plus the convergence plot."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+from cost_models import workload_macs, workload_params
+
+from . import __version__
+from .analysis.graph import Graph
+from .analysis.workload import graph_workload
+from .workspace import atomic_write_text
+
+
+def _versions() -> dict:
+    import numpy
+    import onnx
+    import onnxruntime
+    import onnxsim
+    import torch
+
+    return {
+        "adans": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxsim": getattr(onnxsim, "__version__", "unknown"),
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def build_report(*, cfg, inputs, space, boundary, score, result, best, plan, baseline_onnx, lowered, validation,
+                 accuracy, measured, pass_log, stats, timings, notes, cost_model) -> dict:
+    from .pipeline import plan_layer_table
+
+    analysis = inputs.analysis
+    base_work = graph_workload(Graph.from_model(baseline_onnx, inputs.val.image_shape))
+    comp_work = graph_workload(Graph.from_model(lowered, inputs.val.image_shape))
+    base_macs, comp_macs = workload_macs(base_work), workload_macs(comp_work)
+    base_cost = float(cost_model.estimate([base_work])[0])
+    comp_cost = float(cost_model.estimate([comp_work])[0])
+
+    def side(name: str, macs: int, params: int, cost: float) -> dict:
+        entry = {"top1_val": accuracy[f"{name}_val"], "macs": macs, "params": params, "cost": {cost_model.unit: cost}}
+        if f"{name}_test" in accuracy:
+            entry["top1_test"] = accuracy[f"{name}_test"]
+        return entry
+
+    kept = {p.group: len(p.keep) for p in plan.pruning}
+    groups = [
+        {
+            "id": g.id,
+            "channels": g.size,
+            "kept": kept.get(g.id, g.size),
+            "tensors": len(g.tensors),
+            "producers": len(g.producers),
+            "prunable": g.prunable,
+            **({"reason": g.frozen_reason} if not g.prunable else {}),
+        }
+        for g in analysis.groups
+    ]
+    speedup = {"theoretical": base_macs / comp_macs}
+    if measured is not None:
+        speedup["measured_host"] = measured
+    report = {
+        "format": "adans-report/1",
+        "command": cfg.command,
+        "seed": cfg.seed,
+        "versions": _versions(),
+        "model": {"path": cfg.model, "description": inputs.model_description, "input_shape": list(inputs.val.image_shape)},
+        "target": inputs.target.as_dict(),
+        "data": {
+            "val": {"path": cfg.data, "images": len(inputs.val)},
+            **({"test": {"path": cfg.test_data, "images": len(inputs.test)}} if inputs.test is not None else {}),
+            "preprocessing": inputs.preprocessing.as_dict(),
+        },
+        "baseline": side("baseline", base_macs, workload_params(base_work), base_cost),
+        "compressed": side("compressed", comp_macs, workload_params(comp_work), comp_cost),
+        "speedup": speedup,
+        "validation": validation.as_dict(),
+        "search": {
+            "methods": list(cfg.methods),
+            "sampler": cfg.sampler,
+            "cost": cost_model.describe(),
+            "samples": cfg.samples,
+            "iterations": cfg.iterations,
+            "priority": cfg.priority,
+            "score": score.as_dict(),
+            "accuracy_threshold": score.accuracy_threshold,
+            "baseline_top1_val_substituted": score.baseline_accuracy,
+            "boundary": boundary.as_dict(),
+            "sites": space.names,
+            "evaluations": stats["evaluated"],
+            "cache_hits": stats["cached"],
+            "evaluations_per_s": stats["evaluated"] / max(stats["eval_seconds"], 1e-9),
+            "resumed_from_iteration": result.resumed_from,
+            "best": None if best is None else {"f": best.f, "iteration": best.iteration, **best.info},
+            "feasible_samples": sum(1 for e in result.history if e.info.get("feasible")),
+            "history_samples": len(result.history),
+            "iterations_log": [
+                {k: getattr(s, k) for k in ("iteration", "alpha", "n_good", "mean_good_f", "best_f", "e_avg", "n_evaluations", "elapsed_s")}
+                for s in result.iterations
+            ],
+        },
+        "groups": groups,
+        "frozen_groups": [{"id": g["id"], "channels": g["channels"], "reason": g["reason"]} for g in groups if not g["prunable"]],
+        "layers": plan_layer_table(analysis, plan),
+        "lowering": pass_log,
+        "timings_s": timings,
+        "notes": notes,
+    }
+    return report
+
+
+def write_report(out: Path, report: dict, result) -> None:
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1))
+    plots = []
+    if result.iterations:
+        try:
+            from .search.plots import plot_convergence
+
+            plot_convergence(result.iterations, out / "convergence.png")
+            plots.append("convergence.png")
+        except Exception as e:  # noqa: BLE001 - a plot must never fail a compile
+            report["notes"].append(f"convergence plot not written: {e}")
+    atomic_write_text(out / "report.md", render_markdown(report, plots))
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f} %"
+
+
+def render_markdown(r: dict, plots: list[str]) -> str:
+    b, c = r["baseline"], r["compressed"]
+    s = r["search"]
+    lines = [
+        f"# adans compile report",
+        "",
+        f"Model: {r['model']['description']} — input {r['model']['input_shape']}  ",
+        f"Target: `{r['target']['id']}` ({r['target']['description']})  ",
+        f"Command: `{r['command']}`",
+        "",
+        "## Result",
+        "",
+        "| | baseline | compressed |",
+        "|---|---|---|",
+        f"| top-1 VAL ({r['data']['val']['images']} images) | {_pct(b['top1_val'])} | {_pct(c['top1_val'])} |",
+    ]
+    if "top1_test" in b:
+        lines.append(f"| top-1 TEST ({r['data']['test']['images']} images) | {_pct(b['top1_test'])} | {_pct(c['top1_test'])} |")
+    lines += [
+        f"| MACs | {b['macs']:,} | {c['macs']:,} ({c['macs'] / b['macs']:.1%}) |",
+        f"| parameters | {b['params']:,} | {c['params']:,} ({c['params'] / b['params']:.1%}) |",
+        "",
+        f"Theoretical speedup (MACs): **{r['speedup']['theoretical']:.2f}×**",
+        "",
+    ]
+    m = r["speedup"].get("measured_host")
+    if m:
+        lines += [
+            f"Measured on this host (ONNX Runtime, {m['threads']} threads, minimum of interleaved repetitions):",
+            "",
+            "| batch | baseline ms | compressed ms | measured speedup | repetitions |",
+            "|---|---|---|---|---|",
+        ]
+        for key, v in m.items():
+            if key.startswith("batch_"):
+                lines.append(
+                    f"| {key.removeprefix('batch_')} | {v['baseline_ms']:.3f} | {v['compressed_ms']:.3f} | **{v['speedup']:.2f}×** | {v['repeats']} |"
+                )
+        lines.append("")
+    v = r["validation"]
+    lines += [
+        "## Validation",
+        "",
+        f"Lowered ONNX vs parameter-substituted PyTorch model on {v['images']} real images: "
+        f"max |diff| {v['max_abs_diff']:.3g} ({v['relative_diff']:.2e} of the output scale; tolerance {v['tolerance']:.0e}), "
+        f"top-1 agreement {v['top1_agreement']:.1%}.",
+        "",
+        "## Search",
+        "",
+        f"Sampler `{s['sampler']}`, cost `{s['cost']['name']}`, b = {s['samples']}, T = {s['iterations']}, "
+        f"priority `{s['priority']}`; threshold {s['accuracy_threshold']:.2f} % on VAL; "
+        f"{s['evaluations']} evaluations ({s['cache_hits']} repeated plans served from cache), "
+        f"{s['evaluations_per_s']:.2f} evaluations/s; {s['feasible_samples']} of {s['history_samples']} samples feasible.",
+        "",
+        f"Score: {s['score']['formula']}, accuracy floor {s['score']['accuracy_floor']:.2f} points.",
+        "",
+        "| iteration | α_t | good | mean f(S_g) | best f | e_avg |",
+        "|---|---|---|---|---|---|",
+    ]
+    for it in s["iterations_log"]:
+        e = "—" if it["e_avg"] is None else f"{it['e_avg']:.3f}"
+        lines.append(f"| {it['iteration']} | {it['alpha']:.2f} | {it['n_good']} | {it['mean_good_f']:.4f} | {it['best_f']:.4f} | {e} |")
+    lines.append("")
+    for p in plots:
+        lines += [f"![{p}]({p})", ""]
+    lines += [
+        "## Layers",
+        "",
+        "| layer | op | in ch | out ch | MACs before | MACs after |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in r["layers"]:
+        lines.append(
+            f"| {row['layer']} | {row['op']} | {row['in_channels'][0]} → {row['in_channels'][1]} | "
+            f"{row['out_channels'][0]} → {row['out_channels'][1]} | {row['macs'][0]:,} | {row['macs'][1]:,} |"
+        )
+    lines += ["", "## Channel groups", "", "| group | channels | kept | status |", "|---|---|---|---|"]
+    for g in r["groups"]:
+        status = "searched" if g["prunable"] else f"frozen: {g['reason']}"
+        lines.append(f"| {g['id']} | {g['channels']} | {g['kept']} | {status} |")
+    if r["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
+    t = r["timings_s"]
+    lines += ["", "## Time", "", ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in t.items()), ""]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Search-time transforms: how a Plan changes parameter values (never the architecture)."""

@@ -1,0 +1,60 @@
+"""Numerical validation: the lowered ONNX model must reproduce the substituted PyTorch model.
+
+Pruned channels cannot reach the output of the substituted model, and the
+lowered model lacks them, so both compute the same function up to
+floating-point summation order. A larger difference is a lowering bug
+(a mis-sliced weight, a wrong pad), and it is an error, not a warning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .errors import ValidationError
+from .measure import make_session
+
+# Relative to the largest |logit|: fp32 summation-order noise is ~1e-6.
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    max_abs_diff: float
+    output_scale: float
+    relative_diff: float
+    tolerance: float
+    top1_agreement: float
+    images: int
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__, reference="parameter-substituted PyTorch model", runtime="ONNX Runtime CPU")
+
+
+def compare_outputs(onnx_logits: np.ndarray, reference: np.ndarray, tolerance: float) -> ValidationResult:
+    diff = float(np.max(np.abs(onnx_logits - reference)))
+    scale = float(max(np.max(np.abs(reference)), 1e-12))
+    agreement = float(np.mean(onnx_logits.argmax(1) == reference.argmax(1)))
+    return ValidationResult(diff, scale, diff / scale, tolerance, agreement, len(reference))
+
+
+def run_onnx(model: onnx.ModelProto, x: np.ndarray, threads: int = 1, batch_size: int = 64) -> np.ndarray:
+    session = make_session(model, threads)
+    name = session.get_inputs()[0].name
+    parts = [session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    return np.concatenate(parts)
+
+
+def validate_lowered(
+    lowered: onnx.ModelProto, reference_logits: np.ndarray, x: np.ndarray, *, tolerance: float = DEFAULT_TOLERANCE, threads: int = 1
+) -> ValidationResult:
+    result = compare_outputs(run_onnx(lowered, x, threads), reference_logits, tolerance)
+    if not result.relative_diff <= tolerance:
+        raise ValidationError(
+            f"the lowered model differs from the substituted model by {result.max_abs_diff:.3g} "
+            f"({result.relative_diff:.2e} of the output scale, tolerance {tolerance:.0e}); "
+            "this is a lowering bug: please report it with --debug output"
+        )
+    return result

@@ -1,0 +1,35 @@
+"""Building blocks shared by several test modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torchvision
+
+from adans_toolchain.analysis.channels import ChannelAnalysis, analyse_channels
+from adans_toolchain.analysis.graph import Graph
+from adans_toolchain.frontend.export import export_onnx
+from adans_toolchain.models.cifar_resnet import cifar_resnet
+
+
+@dataclass
+class Exported:
+    module: torch.nn.Module
+    onnx_model: object
+    analysis: ChannelAnalysis
+    image_shape: tuple[int, int, int]
+
+
+def build(name: str) -> torch.nn.Module:
+    if name == "cifar_resnet20":
+        return cifar_resnet(20)
+    if name == "googlenet":
+        return torchvision.models.googlenet(weights=None, init_weights=False, aux_logits=False)
+    return torchvision.models.get_model(name, weights=None)
+
+
+def export_and_analyse(module: torch.nn.Module, image_shape: tuple[int, int, int]) -> Exported:
+    module = module.eval()
+    model = export_onnx(module, image_shape)
+    return Exported(module, model, analyse_channels(Graph.from_model(model, image_shape)), image_shape)
