@@ -33,7 +33,12 @@ class OpWorkload:
     # dense kernels do not skip them, memory formats can.
     weight_sparsity: float = 0.0
     weight_bits: int = 32
-    extra_input_shapes: tuple[Shape, ...] = ()
+    extra_input_shapes: tuple[Shape, ...] = ()  # shapes of the other activation inputs (Add, Concat, ...)
+    # Tensor names, so a cost model can see which operators feed which (a
+    # runtime fuses Conv -> BatchNormalization -> Relu into one kernel).
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
+    attributes: tuple[tuple[str, object], ...] = ()  # the remaining ONNX attributes, sorted by name
 
 
 Workload = tuple[OpWorkload, ...]

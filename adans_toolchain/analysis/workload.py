@@ -84,10 +84,10 @@ def graph_workload(graph: Graph, counts: Mapping[str, int] | None = None, *, bat
             weight_shape = (in_shape[-1], out_shape[-1])
         elif node.op_type == "BatchNormalization":
             weight_shape, has_bias = (out_shape[1],), True
+        # Other *activation* inputs only (Add/Mul/Concat operands): constant
+        # inputs are weights, whose pruned shape is `weight_shape`.
         extra = tuple(
-            _with_channels(graph.shapes.get(i, ()), counts.get(i), batch) if i in graph.activations else tuple(graph.shapes.get(i, ()))
-            for i in node.input[1:]
-            if i
+            _with_channels(graph.shapes.get(i, ()), counts.get(i), batch) for i in node.input[1:] if i in graph.activations
         )
         ops.append(
             OpWorkload(
@@ -102,9 +102,22 @@ def graph_workload(graph: Graph, counts: Mapping[str, int] | None = None, *, bat
                 groups=groups,
                 has_bias=has_bias,
                 extra_input_shapes=extra,
+                input_names=tuple(node.input),
+                output_names=tuple(node.output),
+                attributes=tuple(sorted((k, _hashable(v)) for k, v in attrs.items() if k not in ("kernel_shape", "strides", "dilations", "group"))),
             )
         )
     return tuple(ops)
+
+
+def _hashable(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, (int, float, str)):
+        return value
+    return str(type(value).__name__)
 
 
 def plan_workloads(analysis: ChannelAnalysis, plans, *, batch: int = 1) -> list[Workload]:
