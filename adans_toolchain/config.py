@@ -15,8 +15,8 @@ class CompileConfig:
     trust_pickle: bool = False
     test_data: str | None = None
     val_limit: int | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     input_size: tuple[int, int] | None = None
     label_offset: int = 0
     methods: tuple[str, ...] = ("ps",)

@@ -76,8 +76,8 @@ def check_config(cfg: CompileConfig) -> None:
         raise ConfigError("--priority must be taylor or l1")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was given but PyTorch sees no CUDA device; use --device cpu")
-    if (cfg.mean is None) != (cfg.std is None):
-        raise ConfigError("give --mean and --std together")
+    if (cfg.mean is None) != (cfg.std is None) or (cfg.mean and len(cfg.mean) != len(cfg.std)):
+        raise ConfigError("give --mean and --std together, with one value per image channel each")
 
 
 def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
@@ -100,6 +100,7 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
     test = load_image_set(cfg.test_data, prep, explicit_normalisation=explicit) if cfg.test_data else None
     if test is not None and test.image_shape != val.image_shape:
         raise DataError(f"test images are {test.image_shape} but validation images are {val.image_shape}; they must match")
+    _check_model_runs_on(loaded.module, val)
     progress.step(f"exporting to ONNX and analysing channel groups (input {list(val.image_shape)})")
     onnx_model = export_onnx(loaded.module, val.image_shape)
     graph = Graph.from_model(onnx_model, val.image_shape)
@@ -115,6 +116,24 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
             )
     analysis = analyse_channels(graph)
     return _Inputs(target, threads, loaded.module, loaded.description, val, test, prep, onnx_model, analysis)
+
+
+def _check_model_runs_on(module: torch.nn.Module, data: ImageSet) -> None:
+    """A forward pass on two images, so a data/model mismatch is reported as such."""
+    try:
+        with torch.no_grad():
+            logits = module(data.x[:2])
+    except Exception as e:  # noqa: BLE001 - any failure here means the data does not fit
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(
+            f"the model cannot run on the VAL images (shape {list(data.image_shape)}): {first}; "
+            "check the data's channels and size (--input-size)"
+        ) from e
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise DataError(
+            f"the model returns {type(logits).__name__} of shape {getattr(logits, 'shape', '?')}; "
+            "adans compiles classifiers that return logits of shape (batch, classes)"
+        )
 
 
 def _fingerprint(model: onnx.ModelProto) -> str:

@@ -25,8 +25,8 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".t
 class Preprocessing:
     """How raw pixels become model inputs; recorded in the report so users can reproduce it."""
 
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     input_size: tuple[int, int] | None = None  # (H, W); None: take the data's own size
     resize_ratio: float = 0.875  # ImageFolder: resize the short side to size / ratio, centre-crop
     label_offset: int = 0  # added to every label (e.g. 1 for 1001-class TF models)
@@ -63,7 +63,8 @@ def _normalise_uint8_nhwc(pixels: np.ndarray, prep: Preprocessing) -> torch.Tens
     std = torch.tensor(prep.std, dtype=torch.float32).view(1, -1, 1, 1)
     if x.shape[1] != mean.shape[1]:
         raise DataError(
-            f"images have {x.shape[1]} channels but --mean/--std give {mean.shape[1]}; make them agree"
+            f"images have {x.shape[1]} channel(s) but the normalisation has {mean.shape[1]} values "
+            "(--mean/--std, default ImageNet's); give one --mean/--std value per image channel"
         )
     return x.sub_(mean).div_(std).contiguous()
 
