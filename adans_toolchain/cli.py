@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     thr.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="maximum top-1 drop on VAL, in points (default 2)")
     p.add_argument("--accuracy-floor", type=float, metavar="POINTS", help="floor of the accuracy drop in the score (default: the allowed drop)")
     p.add_argument("--priority", default="taylor", choices=("taylor", "l1"), help="channel priority (default: first-order Taylor)")
+    p.add_argument("--bn-recalibrate", type=int, default=500, metavar="N",
+                   help="re-estimate BatchNorm statistics of every candidate on N images (default 500; 0 = off)")
+    p.add_argument("--calibration-data", help="images for --bn-recalibrate (default: the VAL images)")
     p.add_argument("--samples", type=int, default=50, help="samples per iteration, b (default 50)")
     p.add_argument("--iterations", type=int, default=20, help="iterations, T, including the initial batch (default 20)")
     p.add_argument("--boundary-rounds", type=int, default=6, help="bisection rounds per site for the boundary (default 6)")
@@ -88,6 +91,8 @@ def _config_from_args(args: argparse.Namespace, argv: list[str]):
         max_accuracy_drop=args.max_accuracy_drop,
         accuracy_floor=args.accuracy_floor,
         priority=args.priority,
+        bn_recalibrate=args.bn_recalibrate,
+        calibration_data=args.calibration_data,
         samples=args.samples,
         iterations=args.iterations,
         boundary_rounds=args.boundary_rounds,

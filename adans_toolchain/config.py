@@ -26,6 +26,8 @@ class CompileConfig:
     max_accuracy_drop: float | None = None
     accuracy_floor: float | None = None  # None: the allowed drop (see scoring.py)
     priority: str = "taylor"
+    bn_recalibrate: int = 500  # images re-estimating BatchNorm per candidate; 0 = off
+    calibration_data: str | None = None  # default: the VAL images
     samples: int = 50
     iterations: int = 20
     boundary_rounds: int = 6

@@ -30,6 +30,7 @@ class SubstitutionEvaluator:
         *,
         device: str = "cpu",
         batch_size: int = 250,
+        calibration: ImageSet | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
@@ -37,13 +38,25 @@ class SubstitutionEvaluator:
         self.batch_size = batch_size
         self.x = data.x.to(self.device)
         self.y = data.y.to(self.device)
+        # Images whose statistics re-estimate BatchNorm for every compressed
+        # candidate (None: keep the trained statistics).
+        self.calibration = None if calibration is None else calibration.x.to(self.device)
+        self.batchnorms = _batchnorm_modules(self.module)
         # state_dict(keep_vars=True) maps exactly the names the ONNX initializers carry.
         self.tensors: dict[str, torch.Tensor] = dict(self.module.state_dict(keep_vars=True))
         self.evaluations = 0
         self.notes: list[str] = []
+        if self.calibration is not None and not self.batchnorms:
+            self.notes.append("BatchNorm re-estimation requested, but the model has no BatchNorm layers")
+
+    def recalibrates(self, plan: Plan) -> bool:
+        """Compressed candidates get re-estimated BatchNorm statistics; the baseline keeps its own."""
+        return self.calibration is not None and bool(self.batchnorms) and not plan.is_identity
 
     @contextmanager
-    def substituted(self, plan: Plan) -> Iterator[None]:
+    def substituted(self, plan: Plan, *, recalibrate: bool | None = None) -> Iterator[None]:
+        """The module computes `plan` inside the block; everything is restored on exit."""
+        recalibrate = self.recalibrates(plan) if recalibrate is None else recalibrate and bool(self.batchnorms)
         saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         try:
             with torch.no_grad():
@@ -52,11 +65,51 @@ class SubstitutionEvaluator:
                     saved.append((tensor, tensor.detach().clone()))
                     index = torch.as_tensor(zs.indices, device=tensor.device)
                     tensor.data.index_fill_(zs.axis, index, 0.0)
+                if recalibrate:
+                    for bn in self.batchnorms.values():
+                        for buffer in (bn.running_mean, bn.running_var, bn.num_batches_tracked):
+                            saved.append((buffer, buffer.detach().clone()))
+                    self._reestimate_batchnorm()
             yield
         finally:
             with torch.no_grad():
                 for tensor, original in reversed(saved):
                     tensor.data.copy_(original)
+
+    @torch.no_grad()
+    def _reestimate_batchnorm(self) -> None:
+        """One pass over the calibration images with BatchNorm (only) in training mode.
+
+        momentum=None makes the running statistics the plain average over
+        the batches, independent of their order; no weight changes.
+        """
+        momenta = {name: bn.momentum for name, bn in self.batchnorms.items()}
+        try:
+            for bn in self.batchnorms.values():
+                bn.reset_running_stats()
+                bn.momentum = None
+                bn.train()
+            # momentum=None weighs every batch equally, so the batches must be
+            # (nearly) equal in size: 256 images as 250 + 6 would give six
+            # images the weight of 250.
+            n_batches = -(-len(self.calibration) // self.batch_size)
+            for batch in torch.tensor_split(self.calibration, n_batches):
+                self.module(batch)
+        finally:
+            for name, bn in self.batchnorms.items():
+                bn.momentum = momenta[name]
+                bn.eval()
+
+    def batchnorm_statistics(self, plan: Plan) -> dict[str, np.ndarray]:
+        """The running statistics the emitted model must carry for `plan`, by initializer name."""
+        if not self.recalibrates(plan):
+            return {}
+        with self.substituted(plan):
+            return {
+                f"{name}.{stat}": getattr(bn, stat).detach().cpu().numpy().copy()
+                for name, bn in self.batchnorms.items()
+                for stat in ("running_mean", "running_var")
+            }
 
     @torch.no_grad()
     def _correct(self, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -75,8 +128,8 @@ class SubstitutionEvaluator:
             self.evaluations += 1
         return result
 
-    def accuracy_on(self, plan: Plan, data: ImageSet) -> float:
-        with self.substituted(plan):
+    def accuracy_on(self, plan: Plan, data: ImageSet, *, recalibrate: bool | None = None) -> float:
+        with self.substituted(plan, recalibrate=recalibrate):
             return 100.0 * self._correct(data.x.to(self.device), data.y.to(self.device)) / len(data)
 
     @torch.no_grad()
@@ -158,6 +211,15 @@ class SubstitutionEvaluator:
                 h.remove()
             self.module.zero_grad(set_to_none=True)
         return {gid: s.numpy() for gid, s in scores.items()}
+
+
+def _batchnorm_modules(module: nn.Module) -> dict[str, nn.Module]:
+    """BatchNorm layers by module name (their buffers are named '<name>.running_mean', ...)."""
+    return {
+        name: m
+        for name, m in module.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    }
 
 
 class _NoPerExampleHooks(Exception):

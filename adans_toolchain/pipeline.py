@@ -30,6 +30,7 @@ from .frontend.data import IMAGENET_MEAN, IMAGENET_STD, ImageSet, Preprocessing,
 from .frontend.export import export_onnx
 from .frontend.models import load_model
 from .lowering import CheckModelPass, PruneChannelsPass, SimplifyPass, run_passes
+from .lowering.prune_channels import set_initializers
 from .measure import measured_speedup
 from .plan import Plan
 from .progress import Progress
@@ -53,6 +54,7 @@ class _Inputs:
     model_description: str
     val: ImageSet
     test: ImageSet | None
+    calibration: ImageSet | None
     preprocessing: Preprocessing
     onnx_model: onnx.ModelProto
     analysis: ChannelAnalysis
@@ -70,6 +72,8 @@ def check_config(cfg: CompileConfig) -> None:
         raise ConfigError("--max-accuracy-drop must be >= 0 points")
     if cfg.accuracy_threshold is not None and not 0 < cfg.accuracy_threshold <= 100:
         raise ConfigError("--accuracy-threshold is a top-1 percentage in (0, 100]")
+    if cfg.bn_recalibrate < 0:
+        raise ConfigError("--bn-recalibrate is a number of images (0 turns it off)")
     if cfg.samples < 2 or cfg.iterations < 1:
         raise ConfigError("--samples must be >= 2 and --iterations >= 1")
     if cfg.priority not in ("taylor", "l1"):
@@ -98,8 +102,13 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
     explicit = cfg.mean is not None
     val = load_image_set(cfg.data, prep, limit=cfg.val_limit, explicit_normalisation=explicit)
     test = load_image_set(cfg.test_data, prep, explicit_normalisation=explicit) if cfg.test_data else None
-    if test is not None and test.image_shape != val.image_shape:
-        raise DataError(f"test images are {test.image_shape} but validation images are {val.image_shape}; they must match")
+    calibration = None
+    if cfg.bn_recalibrate > 0:
+        source = load_image_set(cfg.calibration_data, prep, explicit_normalisation=explicit) if cfg.calibration_data else val
+        calibration = source.subset(cfg.bn_recalibrate)
+    for name, data in (("TEST", test), ("calibration", calibration)):
+        if data is not None and data.image_shape != val.image_shape:
+            raise DataError(f"{name} images are {data.image_shape} but VAL images are {val.image_shape}; they must match")
     _check_model_runs_on(loaded.module, val)
     progress.step(f"exporting to ONNX and analysing channel groups (input {list(val.image_shape)})")
     onnx_model = export_onnx(loaded.module, val.image_shape)
@@ -115,7 +124,7 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
                 "fix the labels (or --label-offset for models with a background class)"
             )
     analysis = analyse_channels(graph)
-    return _Inputs(target, threads, loaded.module, loaded.description, val, test, prep, onnx_model, analysis)
+    return _Inputs(target, threads, loaded.module, loaded.description, val, test, calibration, prep, onnx_model, analysis)
 
 
 def _check_model_runs_on(module: torch.nn.Module, data: ImageSet) -> None:
@@ -149,7 +158,9 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     inputs = _load_inputs(cfg, progress)
     analysis = inputs.analysis
     transform = ChannelPruningTransform(analysis)
-    evaluator = SubstitutionEvaluator(inputs.module, inputs.val, transform, device=cfg.device, batch_size=cfg.batch_size)
+    evaluator = SubstitutionEvaluator(
+        inputs.module, inputs.val, transform, device=cfg.device, batch_size=cfg.batch_size, calibration=inputs.calibration
+    )
     identity = Plan((), _fingerprint(inputs.onnx_model))
     baseline_val = float(evaluator.accuracy([identity])[0])
     drop = cfg.max_accuracy_drop if cfg.accuracy_threshold is None else None
@@ -267,7 +278,9 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     progress.step("lowering the best plan and validating it numerically")
     t = time.perf_counter()
     baseline_onnx, _ = run_passes(inputs.onnx_model, [CheckModelPass(), SimplifyPass()])
-    lowered, pass_log = run_passes(inputs.onnx_model, [PruneChannelsPass(analysis, best_plan), CheckModelPass(), SimplifyPass(), CheckModelPass()])
+    # The emitted model carries the statistics the candidate was scored with.
+    source = set_initializers(inputs.onnx_model, evaluator.batchnorm_statistics(best_plan))
+    lowered, pass_log = run_passes(source, [PruneChannelsPass(analysis, best_plan), CheckModelPass(), SimplifyPass(), CheckModelPass()])
     x_check = inputs.val.x[:VALIDATION_IMAGES]
     reference = evaluator.logits(best_plan, x_check)
     validation = validate_lowered(lowered, reference, x_check.numpy(), threads=inputs.threads)
@@ -275,6 +288,11 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
 
     progress.step("measuring accuracy of the emitted ONNX models")
     accuracy = _onnx_accuracies(baseline_onnx, lowered, inputs, cfg)
+    if evaluator.recalibrates(best_plan):
+        # What the same plan scores with the trained statistics, for the report.
+        for split, data in (("val", inputs.val), ("test", inputs.test)):
+            if data is not None:
+                accuracy[f"compressed_{split}_without_bn_recalibration"] = evaluator.accuracy_on(best_plan, data, recalibrate=False)
     measured = None
     if not cfg.no_measure:
         progress.step(f"measuring speed in ONNX Runtime ({inputs.threads} threads, batches {list(cfg.measure_batches)})")

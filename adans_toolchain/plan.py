@@ -43,6 +43,7 @@ class Plan:
 
     @property
     def is_identity(self) -> bool:
+        """True when the plan changes nothing (the baseline)."""
         return all(len(p.keep) == p.size for p in self.pruning)
 
     def to_dict(self) -> dict:
