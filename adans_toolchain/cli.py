@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     thr.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="maximum top-1 drop on VAL, in points (default 2)")
     p.add_argument("--accuracy-floor", type=float, metavar="POINTS", help="floor of the accuracy drop in the score (default: the allowed drop)")
     p.add_argument("--priority", default="taylor", choices=("taylor", "l1"), help="channel priority (default: first-order Taylor)")
+    p.add_argument("--round-to", type=int, metavar="N", help="keep a multiple of N channels in every group (e.g. 8 or 16)")
     p.add_argument("--bn-recalibrate", type=int, default=500, metavar="N",
                    help="re-estimate BatchNorm statistics of every candidate on N images (default 500; 0 = off)")
     p.add_argument("--calibration-data", help="images for --bn-recalibrate (default: the VAL images)")
@@ -91,6 +92,7 @@ def _config_from_args(args: argparse.Namespace, argv: list[str]):
         max_accuracy_drop=args.max_accuracy_drop,
         accuracy_floor=args.accuracy_floor,
         priority=args.priority,
+        round_to=args.round_to,
         bn_recalibrate=args.bn_recalibrate,
         calibration_data=args.calibration_data,
         samples=args.samples,

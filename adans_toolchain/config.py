@@ -26,6 +26,7 @@ class CompileConfig:
     max_accuracy_drop: float | None = None
     accuracy_floor: float | None = None  # None: the allowed drop (see scoring.py)
     priority: str = "taylor"
+    round_to: int | None = None  # keep channel counts at multiples of N
     bn_recalibrate: int = 500  # images re-estimating BatchNorm per candidate; 0 = off
     calibration_data: str | None = None  # default: the VAL images
     samples: int = 50

@@ -72,6 +72,8 @@ def check_config(cfg: CompileConfig) -> None:
         raise ConfigError("--max-accuracy-drop must be >= 0 points")
     if cfg.accuracy_threshold is not None and not 0 < cfg.accuracy_threshold <= 100:
         raise ConfigError("--accuracy-threshold is a top-1 percentage in (0, 100]")
+    if cfg.round_to is not None and cfg.round_to < 1:
+        raise ConfigError("--round-to must be a positive channel count (e.g. 8)")
     if cfg.bn_recalibrate < 0:
         raise ConfigError("--bn-recalibrate is a number of images (0 turns it off)")
     if cfg.samples < 2 or cfg.iterations < 1:
@@ -189,7 +191,9 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
         priorities = evaluator.priorities(analysis, analysis.prunable_groups, cfg.priority)
         ws.save_array_dict("priorities.npz", priorities)
     timings["priorities_s"] = time.perf_counter() - t
-    space = CompressionSpace.from_priorities(analysis.prunable_groups, priorities, identity.model_fingerprint)
+    space = CompressionSpace.from_priorities(
+        analysis.prunable_groups, priorities, identity.model_fingerprint, round_to=cfg.round_to
+    )
     cost_model = make_cost_model(cfg.cost, inputs.target)
     baseline_cost = float(cost_model.estimate(plan_workloads(analysis, [identity]))[0])
     score = AdaNSScore(baseline_val, baseline_cost, threshold, floor)

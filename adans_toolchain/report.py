@@ -95,6 +95,7 @@ def build_report(*, cfg, inputs, space, boundary, score, result, best, plan, bas
             "samples": cfg.samples,
             "iterations": cfg.iterations,
             "priority": cfg.priority,
+            "round_to": cfg.round_to,
             "bn_recalibration": {
                 "images": 0 if inputs.calibration is None else len(inputs.calibration),
                 "source": cfg.calibration_data or (cfg.data if inputs.calibration is not None else None),

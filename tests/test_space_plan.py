@@ -62,3 +62,27 @@ def test_plan_validation():
         GroupPruning("g", 4, (0, 4))
     with pytest.raises(ValueError):
         Plan.from_dict({"format": "something-else"})
+
+
+def test_round_to_keeps_multiples_and_rounds_up(space):
+    rounded = CompressionSpace(space.sites, "fp", round_to=8)
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        x = rng.random(space.dim)
+        plain, plan = space.decode(x), rounded.decode(x)
+        for site, p, q in zip(space.sites, plain.pruning, plan.pruning):
+            if site.size >= 8:
+                assert len(q.keep) % 8 == 0
+                assert len(p.keep) <= len(q.keep) < len(p.keep) + 8  # rounded up, never down
+            else:
+                assert q == p
+        assert rounded.decode(rounded.encode(plan)) == plan
+
+
+def test_round_to_rejects_unrounded_plans(space):
+    rounded = CompressionSpace(space.sites, "fp", round_to=8)
+    site_index = next(i for i, s in enumerate(space.sites) if s.size >= 16)
+    x = np.zeros(space.dim)
+    x[site_index] = 3.5 / space.sites[site_index].size  # 3 removed: not a multiple-of-8 count kept
+    with pytest.raises(ValueError):
+        rounded.encode(space.decode(x))
