@@ -41,7 +41,7 @@ class Boundary:
 
 def characterise_boundary(
     accuracy: AccuracyFn,
-    sizes: np.ndarray,
+    sizes: np.ndarray,  # discrete states per coordinate (CompressionSpace.levels)
     threshold: float,
     *,
     rounds: int = 6,

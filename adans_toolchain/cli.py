@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--std", type=float, nargs="+", metavar="S", help="per-channel std of [0,1] pixels (default ImageNet's)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="model input size (ImageFolder images are resized and centre-cropped)")
     p.add_argument("--label-offset", type=int, default=0, help="added to every label (1 for 1001-class TF models)")
-    p.add_argument("--methods", default="ps", help="compression methods, comma separated (ps = structured channel pruning)")
+    p.add_argument("--methods", default="ps",
+                   help="comma separated: ps (channel pruning), pn (unstructured magnitude pruning), svd (Gemm/1x1 conv), "
+                        "tucker (kxk conv), d = svd,tucker; e.g. d,ps decomposes then prunes (default ps)")
     p.add_argument("--sampler", default="gaussian", choices=SAMPLER_NAMES)
     p.add_argument("--cost", default="macs", choices=cost_model_names())
     thr = p.add_mutually_exclusive_group()

@@ -18,7 +18,16 @@ import torch.nn.functional as F
 from .analysis.channels import CONSUMER, ChannelAnalysis, ChannelGroup
 from .frontend.data import ImageSet
 from .plan import Plan
-from .transforms.channel_pruning import ChannelPruningTransform, unit_l1_norms
+from .transforms.channel_pruning import unit_l1_norms
+from .transforms.plan_transform import PlanTransform
+
+
+def original_weights(module: nn.Module, analysis: ChannelAnalysis) -> dict[str, np.ndarray]:
+    """Copies of the weighted layers' weights, as the transforms need them."""
+    from .analysis.layers import weighted_layers
+
+    state = module.state_dict()
+    return {layer.weight: state[layer.weight].detach().cpu().numpy().copy() for layer in weighted_layers(analysis.graph)}
 
 
 class SubstitutionEvaluator:
@@ -26,7 +35,7 @@ class SubstitutionEvaluator:
         self,
         module: nn.Module,
         data: ImageSet,
-        transform: ChannelPruningTransform,
+        transform: PlanTransform,
         *,
         device: str = "cpu",
         batch_size: int = 250,
@@ -60,6 +69,10 @@ class SubstitutionEvaluator:
         saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         try:
             with torch.no_grad():
+                for name, value in self.transform.new_values(plan).items():
+                    tensor = self.tensors[name]
+                    saved.append((tensor, tensor.detach().clone()))
+                    tensor.data.copy_(torch.from_numpy(value))
                 for zs in self.transform.zero_slices(plan):
                     tensor = self.tensors[zs.param]
                     saved.append((tensor, tensor.detach().clone()))

@@ -21,27 +21,27 @@ from targets import Target, UnknownTargetError, load_target
 from . import report as report_writer
 from .analysis.channels import ChannelAnalysis, analyse_channels
 from .analysis.graph import Graph
-from .analysis.workload import channel_counts, graph_workload, plan_workloads
+from .analysis.workload import plan_workloads
 from .boundary import characterise_boundary, initial_batch
 from .config import CompileConfig
 from .errors import ConfigError, DataError, InputError
-from .evaluation import SubstitutionEvaluator
+from .evaluation import SubstitutionEvaluator, original_weights
 from .frontend.data import IMAGENET_MEAN, IMAGENET_STD, ImageSet, Preprocessing, load_image_set
 from .frontend.export import export_onnx
 from .frontend.models import load_model
-from .lowering import CheckModelPass, PruneChannelsPass, SimplifyPass, run_passes
+from .lowering import CheckModelPass, DecomposePass, PruneChannelsPass, SimplifyPass, run_passes
 from .lowering.prune_channels import set_initializers
 from .measure import measured_speedup
 from .plan import Plan
 from .progress import Progress
 from .scoring import AdaNSScore
+from .sites import layer_sites, parse_methods
 from .search import SAMPLER_NAMES, maximize
 from .space import CompressionSpace
-from .transforms.channel_pruning import ChannelPruningTransform
+from .transforms.plan_transform import PlanTransform
 from .validate import run_onnx, validate_lowered
 from .workspace import EvaluationCache, Workspace, atomic_write_bytes, atomic_write_text
 
-SUPPORTED_METHODS = ("ps",)
 DEFAULT_MAX_DROP = 2.0
 VALIDATION_IMAGES = 256
 
@@ -60,10 +60,14 @@ class _Inputs:
     analysis: ChannelAnalysis
 
 
-def check_config(cfg: CompileConfig) -> None:
-    unknown = [m for m in cfg.methods if m not in SUPPORTED_METHODS]
-    if unknown or not cfg.methods:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown) or '(none)'}; supported: {', '.join(SUPPORTED_METHODS)}")
+def check_config(cfg: CompileConfig) -> tuple[str, ...]:
+    """Validate the settings; returns the canonical method list."""
+    methods = parse_methods(cfg.methods)
+    if methods == ("pn",) and cfg.cost == "macs":
+        raise ConfigError(
+            "unstructured pruning alone does not change MACs (dense kernels run the zeros); "
+            "search it with --cost memory, or combine it with ps or d"
+        )
     if cfg.sampler not in SAMPLER_NAMES:
         raise ConfigError(f"unknown sampler '{cfg.sampler}'; choose one of {', '.join(SAMPLER_NAMES)}")
     if cfg.accuracy_threshold is not None and cfg.max_accuracy_drop is not None:
@@ -84,6 +88,7 @@ def check_config(cfg: CompileConfig) -> None:
         raise ConfigError("--device cuda was given but PyTorch sees no CUDA device; use --device cpu")
     if (cfg.mean is None) != (cfg.std is None) or (cfg.mean and len(cfg.mean) != len(cfg.std)):
         raise ConfigError("give --mean and --std together, with one value per image channel each")
+    return methods
 
 
 def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
@@ -155,11 +160,11 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     progress = progress or Progress()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    check_config(cfg)
+    methods = check_config(cfg)
     torch.manual_seed(cfg.seed)
     inputs = _load_inputs(cfg, progress)
     analysis = inputs.analysis
-    transform = ChannelPruningTransform(analysis)
+    transform = PlanTransform(analysis, original_weights(inputs.module, analysis))
     evaluator = SubstitutionEvaluator(
         inputs.module, inputs.val, transform, device=cfg.device, batch_size=cfg.batch_size, calibration=inputs.calibration
     )
@@ -177,22 +182,26 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     timings["load_export_analyse_s"] = time.perf_counter() - t0
     progress.step(
         f"baseline top-1 on VAL {baseline_val:.2f}% ({len(inputs.val)} images); threshold {threshold:.2f}%; "
-        f"{len(analysis.prunable_groups)} prunable groups, {len(analysis.frozen_groups)} frozen"
+        f"{len(analysis.prunable_groups)} prunable channel groups, {len(analysis.frozen_groups)} frozen"
     )
-    if not analysis.prunable_groups:
+    extra_sites = layer_sites(analysis, methods)
+    groups = analysis.prunable_groups if "ps" in methods else []
+    if not groups and not extra_sites:
         reasons = "; ".join(f"{g.id}: {g.frozen_reason}" for g in analysis.frozen_groups[:3])
-        raise InputError(f"no channel group of this model can be pruned ({reasons})")
+        raise InputError(f"nothing in this model can be compressed with {', '.join(methods)} ({reasons})")
 
     ws = Workspace.open(cfg.out, cfg.resume_key(), resume=cfg.resume, overwrite=cfg.overwrite)
     t = time.perf_counter()
     priorities = ws.load_array_dict("priorities.npz")
     if priorities is None:
-        progress.step(f"channel priorities ({cfg.priority}) on {len(inputs.val)} images")
-        priorities = evaluator.priorities(analysis, analysis.prunable_groups, cfg.priority)
+        priorities = {}
+        if groups:
+            progress.step(f"channel priorities ({cfg.priority}) on {len(inputs.val)} images")
+            priorities = evaluator.priorities(analysis, groups, cfg.priority)
         ws.save_array_dict("priorities.npz", priorities)
     timings["priorities_s"] = time.perf_counter() - t
     space = CompressionSpace.from_priorities(
-        analysis.prunable_groups, priorities, identity.model_fingerprint, round_to=cfg.round_to
+        groups, priorities, identity.model_fingerprint, round_to=cfg.round_to, extra_sites=extra_sites
     )
     cost_model = make_cost_model(cfg.cost, inputs.target)
     baseline_cost = float(cost_model.estimate(plan_workloads(analysis, [identity]))[0])
@@ -202,7 +211,7 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
 
     def accuracies(xs: np.ndarray) -> np.ndarray:
         xs = np.atleast_2d(xs)
-        keys = [cache.key(tuple(space.removed_count(i, v) for i, v in enumerate(x))) for x in xs]
+        keys = [cache.key(space.states(x)) for x in xs]
         missing = {}
         for k, x in zip(keys, xs):
             if cache.get(k) is None and k not in missing:
@@ -217,9 +226,9 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
         return np.array([cache.get(k)["accuracy"] for k in keys])
 
     t = time.perf_counter()
-    progress.step(f"boundary characterisation: bisection on {space.dim} sites")
+    progress.step(f"boundary characterisation: bisection on {space.dim} coordinates ({len(space.sites)} sites)")
     # On resume every evaluation below is a cache hit, so this costs nothing.
-    boundary = characterise_boundary(accuracies, np.array([s.size for s in space.sites]), threshold, rounds=cfg.boundary_rounds)
+    boundary = characterise_boundary(accuracies, space.levels, threshold, rounds=cfg.boundary_rounds)
     ws.save_json("boundary.json", boundary.as_dict())
     timings["boundary_s"] = time.perf_counter() - t
     progress.step(
@@ -283,8 +292,19 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     t = time.perf_counter()
     baseline_onnx, _ = run_passes(inputs.onnx_model, [CheckModelPass(), SimplifyPass()])
     # The emitted model carries the statistics the candidate was scored with.
-    source = set_initializers(inputs.onnx_model, evaluator.batchnorm_statistics(best_plan))
-    lowered, pass_log = run_passes(source, [PruneChannelsPass(analysis, best_plan), CheckModelPass(), SimplifyPass(), CheckModelPass()])
+    source = set_initializers(
+        inputs.onnx_model, {**evaluator.batchnorm_statistics(best_plan), **transform.sparse_weights(best_plan)}
+    )
+    lowered, pass_log = run_passes(
+        source,
+        [
+            PruneChannelsPass(analysis, best_plan),
+            DecomposePass(analysis, best_plan, transform.factorizations),
+            CheckModelPass(),
+            SimplifyPass(),
+            CheckModelPass(),
+        ],
+    )
     x_check = inputs.val.x[:VALIDATION_IMAGES]
     reference = evaluator.logits(best_plan, x_check)
     validation = validate_lowered(lowered, reference, x_check.numpy(), threads=inputs.threads)
@@ -348,28 +368,3 @@ def _onnx_accuracies(baseline_onnx: onnx.ModelProto, lowered: onnx.ModelProto, i
             logits = run_onnx(model, x, threads=inputs.threads, batch_size=cfg.batch_size)
             result[f"{name}_{split}"] = float(100.0 * np.mean(logits.argmax(1) == y))
     return result
-
-
-def plan_layer_table(analysis: ChannelAnalysis, plan: Plan) -> list[dict]:
-    """Per weighted layer: channels and MACs before and after the plan."""
-    from cost_models import op_macs
-
-    before = graph_workload(analysis.graph)
-    after = graph_workload(analysis.graph, channel_counts(analysis, plan))
-    nodes = {n.name: n for n in analysis.graph.nodes}
-    rows = []
-    for b, a in zip(before, after):
-        if b.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
-            continue
-        node = nodes.get(b.name)
-        weight = node.input[1] if node is not None and len(node.input) > 1 else b.name
-        rows.append(
-            {
-                "layer": weight.removesuffix(".weight"),
-                "op": b.op_type + (" (depthwise)" if b.groups > 1 and b.groups == b.input_shape[1] else ""),
-                "in_channels": [b.input_shape[1], a.input_shape[1]],
-                "out_channels": [b.output_shape[1], a.output_shape[1]],
-                "macs": [op_macs(b), op_macs(a)],
-            }
-        )
-    return rows

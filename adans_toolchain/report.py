@@ -11,7 +11,7 @@ from cost_models import workload_macs, workload_params
 
 from . import __version__
 from .analysis.graph import Graph
-from .analysis.workload import graph_workload
+from .analysis.workload import graph_workload, plan_workload
 from .workspace import atomic_write_text
 
 
@@ -34,10 +34,91 @@ def _versions() -> dict:
     }
 
 
+_FACTOR_SUFFIXES = ("/tucker_in", "/tucker_core", "/tucker_out", "/svd_in", "/svd_out")
+
+
+def _origin(op_name: str) -> str:
+    """The original node a (possibly factorised) operator came from."""
+    for suffix in _FACTOR_SUFFIXES:
+        if op_name.endswith(suffix):
+            return op_name[: -len(suffix)]
+    return op_name
+
+
+def plan_layer_table(analysis, plan) -> list[dict]:
+    """Per weighted layer: what the plan does to it, channels, MACs and parameters before and after."""
+    from cost_models import op_macs
+
+    before = [op for op in plan_workload(analysis, None) if op.op_type in _WEIGHTED]
+    after: dict[str, list] = {}
+    for op in plan_workload(analysis, plan):
+        if op.op_type in _WEIGHTED:
+            after.setdefault(_origin(op.name), []).append(op)
+    nodes = {n.name: n for n in analysis.graph.nodes}
+    rows = []
+    for b in before:
+        node = nodes.get(b.name)
+        weight = node.input[1] if node is not None and len(node.input) > 1 else b.name
+        ops = after.get(b.name, [b])
+        d, sp = plan.decomposition_for(weight), plan.sparsity_for(weight)
+        edits = []
+        if d is not None and not d.is_identity:
+            edits.append(f"{d.method} rank {d.ranks[0]}" if d.method == "svd" else f"tucker ranks ({d.ranks[0]}, {d.ranks[1]})")
+        if sp is not None and sp.removed:
+            edits.append(f"{sp.removed / sp.size:.0%} zero weights")
+        if ops[0].input_shape[1] != b.input_shape[1] or ops[-1].output_shape[1] != b.output_shape[1]:
+            edits.insert(0, "channels pruned")
+        rows.append(
+            {
+                "layer": weight.removesuffix(".weight"),
+                "op": b.op_type + (" (depthwise)" if b.groups > 1 and b.groups == b.input_shape[1] else ""),
+                "edit": ", ".join(edits) or "—",
+                "in_channels": [b.input_shape[1], ops[0].input_shape[1]],
+                "out_channels": [b.output_shape[1], ops[-1].output_shape[1]],
+                "macs": [op_macs(b), sum(op_macs(o) for o in ops)],
+                "params": [_params(b), sum(_params(o) for o in ops)],
+                **({"decomposition": {"method": d.method, "ranks": list(d.ranks), "full": list(d.full)}} if d and not d.is_identity else {}),
+                **({"sparsity": sp.removed / sp.size} if sp and sp.removed else {}),
+            }
+        )
+    return rows
+
+
+_WEIGHTED = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+
+
+def _params(op) -> int:
+    from math import prod
+
+    return prod(op.weight_shape) + (op.output_shape[1] if op.has_bias else 0)
+
+
+def storage(model) -> dict:
+    """Sizes of the emitted model's weights: dense, in a bitmask + values format, and the compressed file."""
+    import zlib
+
+    import numpy as np
+    from onnx import numpy_helper
+
+    elements = nonzero = 0
+    for init in model.graph.initializer:
+        value = numpy_helper.to_array(init)
+        if value.dtype.kind == "f":
+            elements += value.size
+            nonzero += int(np.count_nonzero(value))
+    file_bytes = model.SerializeToString()
+    return {
+        "weights": elements,
+        "nonzero_weights": nonzero,
+        "dense_bytes": 4 * elements,
+        "bitmask_plus_values_bytes": (elements + 7) // 8 + 4 * nonzero,
+        "file_bytes": len(file_bytes),
+        "file_bytes_zlib": len(zlib.compress(file_bytes, 9)),
+    }
+
+
 def build_report(*, cfg, inputs, space, boundary, score, result, best, plan, baseline_onnx, lowered, validation,
                  accuracy, measured, pass_log, stats, timings, notes, cost_model) -> dict:
-    from .pipeline import plan_layer_table
-
     analysis = inputs.analysis
     base_work = graph_workload(Graph.from_model(baseline_onnx, inputs.val.image_shape))
     comp_work = graph_workload(Graph.from_model(lowered, inputs.val.image_shape))
@@ -45,8 +126,9 @@ def build_report(*, cfg, inputs, space, boundary, score, result, best, plan, bas
     base_cost = float(cost_model.estimate([base_work])[0])
     comp_cost = float(cost_model.estimate([comp_work])[0])
 
-    def side(name: str, macs: int, params: int, cost: float) -> dict:
-        entry = {"top1_val": accuracy[f"{name}_val"], "macs": macs, "params": params, "cost": {cost_model.unit: cost}}
+    def side(name: str, macs: int, params: int, cost: float, model) -> dict:
+        entry = {"top1_val": accuracy[f"{name}_val"], "macs": macs, "params": params, "cost": {cost_model.unit: cost},
+                 "storage": storage(model)}
         for split in ("test",):
             if f"{name}_{split}" in accuracy:
                 entry[f"top1_{split}"] = accuracy[f"{name}_{split}"]
@@ -84,12 +166,12 @@ def build_report(*, cfg, inputs, space, boundary, score, result, best, plan, bas
             **({"test": {"path": cfg.test_data, "images": len(inputs.test)}} if inputs.test is not None else {}),
             "preprocessing": inputs.preprocessing.as_dict(),
         },
-        "baseline": side("baseline", base_macs, workload_params(base_work), base_cost),
-        "compressed": side("compressed", comp_macs, workload_params(comp_work), comp_cost),
+        "baseline": side("baseline", base_macs, workload_params(base_work), base_cost, baseline_onnx),
+        "compressed": side("compressed", comp_macs, workload_params(comp_work), comp_cost, lowered),
         "speedup": speedup,
         "validation": validation.as_dict(),
         "search": {
-            "methods": list(cfg.methods),
+            "methods": list(space_methods(space)),
             "sampler": cfg.sampler,
             "cost": cost_model.describe(),
             "samples": cfg.samples,
@@ -127,6 +209,16 @@ def build_report(*, cfg, inputs, space, boundary, score, result, best, plan, bas
         "notes": notes,
     }
     return report
+
+
+def space_methods(space) -> list[str]:
+    kinds = {"ps": "ps", "pn": "pn"}
+    methods = []
+    for site in space.sites:
+        name = kinds.get(site.kind) or site.method
+        if name not in methods:
+            methods.append(name)
+    return methods
 
 
 def write_report(out: Path, report: dict, result) -> None:
@@ -175,7 +267,21 @@ def render_markdown(r: dict, plots: list[str]) -> str:
         "",
         f"Theoretical speedup (MACs): **{r['speedup']['theoretical']:.2f}×**",
         "",
+        "| storage | baseline | compressed |",
+        "|---|---|---|",
+        f"| weights (non-zero) | {b['storage']['weights']:,} ({b['storage']['nonzero_weights']:,}) | "
+        f"{c['storage']['weights']:,} ({c['storage']['nonzero_weights']:,}) |",
+        f"| dense fp32 bytes | {b['storage']['dense_bytes']:,} | {c['storage']['dense_bytes']:,} |",
+        f"| bitmask + values bytes | {b['storage']['bitmask_plus_values_bytes']:,} | {c['storage']['bitmask_plus_values_bytes']:,} |",
+        f"| ONNX file, zlib-compressed bytes | {b['storage']['file_bytes_zlib']:,} | {c['storage']['file_bytes_zlib']:,} |",
+        "",
     ]
+    if any("sparsity" in row for row in r["layers"]):
+        lines += [
+            "Unstructured zeros are stored as dense weights: the runtime's dense kernels do not skip them, so no "
+            "speedup is claimed for them beyond what is measured below; their saving is in the sparse and compressed sizes.",
+            "",
+        ]
     m = r["speedup"].get("measured_host")
     if m:
         lines += [
@@ -219,13 +325,14 @@ def render_markdown(r: dict, plots: list[str]) -> str:
     lines += [
         "## Layers",
         "",
-        "| layer | op | in ch | out ch | MACs before | MACs after |",
-        "|---|---|---|---|---|---|",
+        "| layer | op | edit | in ch | out ch | MACs before | MACs after | params before | params after |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in r["layers"]:
         lines.append(
-            f"| {row['layer']} | {row['op']} | {row['in_channels'][0]} → {row['in_channels'][1]} | "
-            f"{row['out_channels'][0]} → {row['out_channels'][1]} | {row['macs'][0]:,} | {row['macs'][1]:,} |"
+            f"| {row['layer']} | {row['op']} | {row['edit']} | {row['in_channels'][0]} → {row['in_channels'][1]} | "
+            f"{row['out_channels'][0]} → {row['out_channels'][1]} | {row['macs'][0]:,} | {row['macs'][1]:,} | "
+            f"{row['params'][0]:,} | {row['params'][1]:,} |"
         )
     lines += ["", "## Channel groups", "", "| group | channels | kept | status |", "|---|---|---|---|"]
     for g in r["groups"]:

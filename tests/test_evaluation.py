@@ -9,7 +9,8 @@ from adans_toolchain.evaluation import SubstitutionEvaluator
 from adans_toolchain.frontend.data import ImageSet
 from adans_toolchain.plan import Plan
 from adans_toolchain.space import CompressionSpace
-from adans_toolchain.transforms.channel_pruning import ChannelPruningTransform
+from adans_toolchain.evaluation import original_weights
+from adans_toolchain.transforms.plan_transform import PlanTransform
 from tests.conftest import randomise_batchnorm
 from tests.helpers import build, export_and_analyse
 
@@ -21,7 +22,7 @@ def _setup(calibration_images: int = 40):
     data = ImageSet(torch.randn(30, 3, 32, 32, generator=g), torch.randint(0, 10, (30,), generator=g), "val")
     cal = ImageSet(torch.randn(calibration_images, 3, 32, 32, generator=g), torch.zeros(calibration_images, dtype=torch.long), "cal")
     analysis = exported.analysis
-    evaluator = SubstitutionEvaluator(module, data, ChannelPruningTransform(analysis), batch_size=16, calibration=cal)
+    evaluator = SubstitutionEvaluator(module, data, PlanTransform(analysis, original_weights(module, analysis)), batch_size=16, calibration=cal)
     space = CompressionSpace.from_priorities(analysis.prunable_groups, {x.id: np.arange(x.size, dtype=float) for x in analysis.prunable_groups})
     return module, evaluator, space
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from adans_toolchain.plan import GroupPruning, Plan
-from adans_toolchain.space import CompressionSpace
+from adans_toolchain.space import CompressionSpace, PruningSite
 from tests.helpers import build, export_and_analyse
 
 
@@ -65,7 +65,7 @@ def test_plan_validation():
 
 
 def test_round_to_keeps_multiples_and_rounds_up(space):
-    rounded = CompressionSpace(space.sites, "fp", round_to=8)
+    rounded = CompressionSpace([PruningSite(s.group, s.order, 8) for s in space.sites], "fp")
     rng = np.random.default_rng(2)
     for _ in range(30):
         x = rng.random(space.dim)
@@ -80,7 +80,7 @@ def test_round_to_keeps_multiples_and_rounds_up(space):
 
 
 def test_round_to_rejects_unrounded_plans(space):
-    rounded = CompressionSpace(space.sites, "fp", round_to=8)
+    rounded = CompressionSpace([PruningSite(s.group, s.order, 8) for s in space.sites], "fp")
     site_index = next(i for i, s in enumerate(space.sites) if s.size >= 16)
     x = np.zeros(space.dim)
     x[site_index] = 3.5 / space.sites[site_index].size  # 3 removed: not a multiple-of-8 count kept

@@ -8,11 +8,12 @@ costs are computed by one piece of code.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from typing import Mapping
 
 from cost_models.workload import OpWorkload, Workload
 
-from ..plan import Plan
+from ..plan import LayerDecomposition, Plan
 from .channels import ChannelAnalysis
 from .graph import Graph, attributes
 
@@ -45,9 +46,23 @@ def _with_channels(shape: tuple[int, ...], channels: int | None, batch: int) -> 
     return shape
 
 
-def graph_workload(graph: Graph, counts: Mapping[str, int] | None = None, *, batch: int = 1) -> Workload:
-    """One OpWorkload per costly node; `counts` overrides activation channel counts."""
+def graph_workload(
+    graph: Graph,
+    counts: Mapping[str, int] | None = None,
+    *,
+    batch: int = 1,
+    decompositions: Mapping[str, LayerDecomposition] | None = None,
+    sparsity: Mapping[str, float] | None = None,
+) -> Workload:
+    """One OpWorkload per costly node.
+
+    `counts` overrides activation channel counts (structured pruning);
+    `decompositions` (by weight name) replaces a layer by its factors;
+    `sparsity` (by weight name) is the fraction of zero weights.
+    """
     counts = counts or {}
+    decompositions = decompositions or {}
+    sparsity = sparsity or {}
     ops = []
     for node in graph.nodes:
         if node.op_type in _FREE_OPS or not node.input or not node.output:
@@ -89,25 +104,68 @@ def graph_workload(graph: Graph, counts: Mapping[str, int] | None = None, *, bat
         extra = tuple(
             _with_channels(graph.shapes.get(i, ()), counts.get(i), batch) for i in node.input[1:] if i in graph.activations
         )
-        ops.append(
-            OpWorkload(
-                op_type=node.op_type,
-                name=node.name or out,
-                input_shape=in_shape,
-                output_shape=out_shape,
-                weight_shape=weight_shape,
-                kernel=kernel,
-                strides=strides,
-                dilations=dilations,
-                groups=groups,
-                has_bias=has_bias,
-                extra_input_shapes=extra,
-                input_names=tuple(node.input),
-                output_names=tuple(node.output),
-                attributes=tuple(sorted((k, _hashable(v)) for k, v in attrs.items() if k not in ("kernel_shape", "strides", "dilations", "group"))),
-            )
+        op = OpWorkload(
+            op_type=node.op_type,
+            name=node.name or out,
+            input_shape=in_shape,
+            output_shape=out_shape,
+            weight_shape=weight_shape,
+            kernel=kernel,
+            strides=strides,
+            dilations=dilations,
+            groups=groups,
+            has_bias=has_bias,
+            extra_input_shapes=extra,
+            input_names=tuple(node.input),
+            output_names=tuple(node.output),
+            attributes=tuple(sorted((k, _hashable(v)) for k, v in attrs.items() if k not in ("kernel_shape", "strides", "dilations", "group"))),
+            weight_sparsity=sparsity.get(node.input[1], 0.0) if len(node.input) > 1 else 0.0,
         )
+        d = decompositions.get(node.input[1]) if len(node.input) > 1 else None
+        ops.extend(_factorised(op, d) if d is not None and not d.is_identity else [op])
     return tuple(ops)
+
+
+def _factorised(op: OpWorkload, d: LayerDecomposition) -> list[OpWorkload]:
+    """The operators a decomposed layer lowers to (see lowering/decompose.py)."""
+    n, c_in = op.input_shape[0], op.input_shape[1]
+    c_out = op.output_shape[1]
+    out_name = op.output_names[0]
+    if op.op_type == "Conv" and d.method == "tucker":
+        r1, r2 = d.ranks
+        in_factor, out_factor = r1 < d.full[0], r2 < d.full[1]
+        mid_in = r1 if in_factor else c_in
+        mid_out = r2 if out_factor else c_out
+        spatial_in, spatial_out = op.input_shape[2:], op.output_shape[2:]
+        ops = []
+        x = op.input_names[0]
+        if in_factor:
+            ops.append(replace(op, name=f"{op.name}/tucker_in", output_shape=(n, r1, *spatial_in), weight_shape=(r1, c_in, 1, 1),
+                               kernel=(1, 1), strides=(1, 1), dilations=(1, 1), has_bias=False,
+                               input_names=(x,), output_names=(f"{out_name}/tucker_in",), attributes=(("pads", (0, 0, 0, 0)),)))
+            x = f"{out_name}/tucker_in"
+        core_out = f"{out_name}/tucker_core" if out_factor else out_name
+        ops.append(replace(op, name=f"{op.name}/tucker_core", input_shape=(n, mid_in, *spatial_in), output_shape=(n, mid_out, *spatial_out),
+                           weight_shape=(mid_out, mid_in, *op.kernel), has_bias=op.has_bias and not out_factor,
+                           input_names=(x,), output_names=(core_out,)))
+        if out_factor:
+            ops.append(replace(op, name=f"{op.name}/tucker_out", input_shape=(n, r2, *spatial_out), weight_shape=(c_out, r2, 1, 1),
+                               kernel=(1, 1), strides=(1, 1), dilations=(1, 1), input_names=(core_out,),
+                               attributes=(("pads", (0, 0, 0, 0)),)))
+        return ops
+    r = d.ranks[0]
+    mid = f"{out_name}/svd"
+    if op.op_type == "Conv":
+        first = replace(op, name=f"{op.name}/svd_in", output_shape=(n, r, *op.output_shape[2:]), weight_shape=(r, c_in, 1, 1),
+                        has_bias=False, output_names=(mid,))
+        second = replace(op, name=f"{op.name}/svd_out", input_shape=(n, r, *op.output_shape[2:]), weight_shape=(c_out, r, 1, 1),
+                         strides=(1, 1), input_names=(mid,), attributes=(("pads", (0, 0, 0, 0)),))
+        return [first, second]
+    trans = dict(op.attributes).get("transB", 0) if op.op_type == "Gemm" else 0
+    w1, w2 = ((r, c_in), (c_out, r)) if trans else ((c_in, r), (r, c_out))
+    first = replace(op, name=f"{op.name}/svd_in", output_shape=(n, r), weight_shape=w1, has_bias=False, output_names=(mid,))
+    second = replace(op, name=f"{op.name}/svd_out", input_shape=(n, r), weight_shape=w2, input_names=(mid,))
+    return [first, second]
 
 
 def _hashable(value):
@@ -120,8 +178,19 @@ def _hashable(value):
     return str(type(value).__name__)
 
 
+def plan_workload(analysis: ChannelAnalysis, plan: Plan | None, *, batch: int = 1) -> Workload:
+    """What the model executes once `plan` is lowered."""
+    if plan is None:
+        return graph_workload(analysis.graph, batch=batch)
+    decompositions = {d.layer: d for d in plan.active_decompositions}
+    sparsity = {s.layer: s.removed / s.size for s in plan.active_sparsity}
+    return graph_workload(
+        analysis.graph, channel_counts(analysis, plan), batch=batch, decompositions=decompositions, sparsity=sparsity
+    )
+
+
 def plan_workloads(analysis: ChannelAnalysis, plans, *, batch: int = 1) -> list[Workload]:
-    return [graph_workload(analysis.graph, channel_counts(analysis, p), batch=batch) for p in plans]
+    return [plan_workload(analysis, p, batch=batch) for p in plans]
 
 
 def parameter_count(graph: Graph, counts: Mapping[str, int] | None = None) -> int:

@@ -5,7 +5,8 @@ kept apart from `apply` ("do it"), in the style of onnxscript's passes.
 """
 
 from .base import LoweringPass, PassResult, run_passes
+from .decompose import DecomposePass
 from .prune_channels import PruneChannelsPass
 from .simplify import CheckModelPass, SimplifyPass
 
-__all__ = ["CheckModelPass", "LoweringPass", "PassResult", "PruneChannelsPass", "SimplifyPass", "run_passes"]
+__all__ = ["CheckModelPass", "DecomposePass", "LoweringPass", "PassResult", "PruneChannelsPass", "SimplifyPass", "run_passes"]

@@ -34,6 +34,12 @@ class ChannelPruningTransform:
             if b.role == CONSUMER:
                 self._consumers_by_tensor[b.tensor].append(b)
 
+    def new_values(self, plan: Plan) -> dict[str, np.ndarray]:
+        """Channel pruning replaces no whole tensors (see PlanTransform for the other methods)."""
+        if plan.active_decompositions or plan.active_sparsity:
+            raise ValueError("ChannelPruningTransform only applies channel pruning; use PlanTransform")
+        return {}
+
     def zero_slices(self, plan: Plan) -> list[ZeroSlice]:
         """Parameter slices to zero so that the plan's pruned units have no effect."""
         per_param: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)

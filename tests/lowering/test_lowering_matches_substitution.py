@@ -13,7 +13,8 @@ from adans_toolchain.evaluation import SubstitutionEvaluator
 from adans_toolchain.frontend.data import ImageSet
 from adans_toolchain.lowering import CheckModelPass, PruneChannelsPass, SimplifyPass, run_passes
 from adans_toolchain.space import CompressionSpace
-from adans_toolchain.transforms.channel_pruning import ChannelPruningTransform
+from adans_toolchain.evaluation import original_weights
+from adans_toolchain.transforms.plan_transform import PlanTransform
 from cost_models import workload_macs
 from tests.conftest import randomise_batchnorm
 from tests.helpers import build, export_and_analyse
@@ -27,7 +28,7 @@ def test_twenty_random_plans_lower_exactly(name, shape):
     analysis = exported.analysis
     x = torch.randn(6, *shape, generator=torch.Generator().manual_seed(2))
     data = ImageSet(x, torch.zeros(6, dtype=torch.long), "random")
-    evaluator = SubstitutionEvaluator(exported.module, data, ChannelPruningTransform(analysis))
+    evaluator = SubstitutionEvaluator(exported.module, data, PlanTransform(analysis, original_weights(exported.module, analysis)))
     rng = np.random.default_rng(3)
     space = CompressionSpace.from_priorities(
         analysis.prunable_groups, {g.id: rng.random(g.size) for g in analysis.prunable_groups}
