@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-recalibrate", type=int, default=500, metavar="N",
                    help="re-estimate BatchNorm statistics of every candidate on N images (default 500; 0 = off)")
     p.add_argument("--calibration-data", help="images for --bn-recalibrate (default: the VAL images)")
+    ft = p.add_argument_group("fine-tuning the emitted model")
+    ft.add_argument("--train-data", help="training images (.npz or ImageFolder) for fine-tuning")
+    ft.add_argument("--finetune-epochs", type=int, default=0, metavar="E", help="epochs of fine-tuning (default 0: none)")
+    ft.add_argument("--finetune-lr", type=float, default=0.01, help="initial SGD learning rate (cosine schedule; default 0.01)")
+    ft.add_argument("--finetune-batch-size", type=int, default=128)
+    ft.add_argument("--distill", action="store_true", help="add knowledge distillation from the original model's logits")
+    ft.add_argument("--finetune-baseline", action="store_true",
+                    help="also fine-tune the baseline for E epochs on TRAIN, for a fair comparison when TRAIN is new data")
     p.add_argument("--samples", type=int, default=50, help="samples per iteration, b (default 50)")
     p.add_argument("--iterations", type=int, default=20, help="iterations, T, including the initial batch (default 20)")
     p.add_argument("--boundary-rounds", type=int, default=6, help="bisection rounds per site for the boundary (default 6)")
@@ -97,6 +105,12 @@ def _config_from_args(args: argparse.Namespace, argv: list[str]):
         round_to=args.round_to,
         bn_recalibrate=args.bn_recalibrate,
         calibration_data=args.calibration_data,
+        train_data=args.train_data,
+        finetune_epochs=args.finetune_epochs,
+        finetune_lr=args.finetune_lr,
+        finetune_batch_size=args.finetune_batch_size,
+        distill=args.distill,
+        finetune_baseline=args.finetune_baseline,
         samples=args.samples,
         iterations=args.iterations,
         boundary_rounds=args.boundary_rounds,

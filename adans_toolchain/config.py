@@ -29,6 +29,12 @@ class CompileConfig:
     round_to: int | None = None  # keep channel counts at multiples of N
     bn_recalibrate: int = 500  # images re-estimating BatchNorm per candidate; 0 = off
     calibration_data: str | None = None  # default: the VAL images
+    train_data: str | None = None  # images for fine-tuning the emitted model
+    finetune_epochs: int = 0
+    finetune_lr: float = 0.01
+    finetune_batch_size: int = 128
+    distill: bool = False
+    finetune_baseline: bool = False
     samples: int = 50
     iterations: int = 20
     boundary_rounds: int = 6

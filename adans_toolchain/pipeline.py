@@ -29,8 +29,8 @@ from .evaluation import SubstitutionEvaluator, original_weights
 from .frontend.data import IMAGENET_MEAN, IMAGENET_STD, ImageSet, Preprocessing, load_image_set
 from .frontend.export import export_onnx
 from .frontend.models import load_model
-from .lowering import CheckModelPass, DecomposePass, PruneChannelsPass, SimplifyPass, run_passes
-from .lowering.prune_channels import set_initializers
+from .emit import finetune_model, lower_plan, simplify, top1
+from .finetune.train import FinetuneConfig
 from .measure import measured_speedup
 from .plan import Plan
 from .progress import Progress
@@ -39,11 +39,9 @@ from .sites import layer_sites, parse_methods
 from .search import SAMPLER_NAMES, maximize
 from .space import CompressionSpace
 from .transforms.plan_transform import PlanTransform
-from .validate import run_onnx, validate_lowered
 from .workspace import EvaluationCache, Workspace, atomic_write_bytes, atomic_write_text
 
 DEFAULT_MAX_DROP = 2.0
-VALIDATION_IMAGES = 256
 
 
 @dataclass
@@ -290,46 +288,39 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
 
     progress.step("lowering the best plan and validating it numerically")
     t = time.perf_counter()
-    baseline_onnx, _ = run_passes(inputs.onnx_model, [CheckModelPass(), SimplifyPass()])
-    # The emitted model carries the statistics the candidate was scored with.
-    source = set_initializers(
-        inputs.onnx_model, {**evaluator.batchnorm_statistics(best_plan), **transform.sparse_weights(best_plan)}
-    )
-    lowered, pass_log = run_passes(
-        source,
-        [
-            PruneChannelsPass(analysis, best_plan),
-            DecomposePass(analysis, best_plan, transform.factorizations),
-            CheckModelPass(),
-            SimplifyPass(),
-            CheckModelPass(),
-        ],
-    )
-    x_check = inputs.val.x[:VALIDATION_IMAGES]
-    reference = evaluator.logits(best_plan, x_check)
-    validation = validate_lowered(lowered, reference, x_check.numpy(), threads=inputs.threads)
+    baseline_onnx = simplify(inputs.onnx_model)
+    emitted = lower_plan(inputs.onnx_model, analysis, best_plan, transform, evaluator, inputs.val.x, threads=inputs.threads)
     timings["lower_validate_s"] = time.perf_counter() - t
 
     progress.step("measuring accuracy of the emitted ONNX models")
-    accuracy = _onnx_accuracies(baseline_onnx, lowered, inputs, cfg)
-    if evaluator.recalibrates(best_plan):
-        # What the same plan scores with the trained statistics, for the report.
-        for split, data in (("val", inputs.val), ("test", inputs.test)):
-            if data is not None:
+    splits = {"val": inputs.val, "test": inputs.test}
+    accuracy = {}
+    for split, data in splits.items():
+        if data is not None:
+            accuracy[f"baseline_{split}"] = top1(baseline_onnx, data, threads=inputs.threads, batch_size=cfg.batch_size)
+            accuracy[f"compressed_{split}"] = top1(emitted.model, data, threads=inputs.threads, batch_size=cfg.batch_size)
+            if evaluator.recalibrates(best_plan):
+                # What the same plan scores with the trained statistics, for the report.
                 accuracy[f"compressed_{split}_without_bn_recalibration"] = evaluator.accuracy_on(best_plan, data, recalibrate=False)
+    finetuning = None
+    if cfg.finetune_epochs:
+        t = time.perf_counter()
+        finetuning, emitted, baseline_onnx = _finetune(cfg, inputs, emitted, baseline_onnx, ws, progress, accuracy)
+        timings["finetune_s"] = time.perf_counter() - t
     measured = None
     if not cfg.no_measure:
         progress.step(f"measuring speed in ONNX Runtime ({inputs.threads} threads, batches {list(cfg.measure_batches)})")
         t = time.perf_counter()
         measured = measured_speedup(
-            baseline_onnx, lowered, inputs.val.image_shape, tuple(cfg.measure_batches), threads=inputs.threads, time_budget_s=cfg.measure_budget_s
+            baseline_onnx, emitted.model, inputs.val.image_shape, tuple(cfg.measure_batches), threads=inputs.threads,
+            time_budget_s=cfg.measure_budget_s,
         )
         timings["measure_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
     out = Path(cfg.out)
     atomic_write_bytes(out / "baseline.onnx", baseline_onnx.SerializeToString())
-    atomic_write_bytes(out / "model.onnx", lowered.SerializeToString())
+    atomic_write_bytes(out / "model.onnx", emitted.model.SerializeToString())
     atomic_write_text(out / "plan.json", best_plan.to_json())
     report = report_writer.build_report(
         cfg=cfg,
@@ -341,11 +332,12 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
         best=best,
         plan=best_plan,
         baseline_onnx=baseline_onnx,
-        lowered=lowered,
-        validation=validation,
+        lowered=emitted.model,
+        validation=emitted.validation,
         accuracy=accuracy,
         measured=measured,
-        pass_log=pass_log,
+        pass_log=emitted.pass_log,
+        finetuning=finetuning,
         stats=stats,
         timings=timings,
         notes=notes,
@@ -356,15 +348,51 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     return report
 
 
-def _onnx_accuracies(baseline_onnx: onnx.ModelProto, lowered: onnx.ModelProto, inputs: _Inputs, cfg: CompileConfig) -> dict:
-    """Top-1 of the emitted ONNX files themselves (what a user will deploy)."""
-    result = {}
-    for split, data in (("val", inputs.val), ("test", inputs.test)):
-        if data is None:
-            continue
-        y = data.y.numpy()
-        x = data.x.numpy()
-        for name, model in (("baseline", baseline_onnx), ("compressed", lowered)):
-            logits = run_onnx(model, x, threads=inputs.threads, batch_size=cfg.batch_size)
-            result[f"{name}_{split}"] = float(100.0 * np.mean(logits.argmax(1) == y))
-    return result
+def _finetune(cfg: CompileConfig, inputs: _Inputs, emitted, baseline_onnx, ws: Workspace, progress: Progress, accuracy: dict):
+    """Fine-tune the emitted model (and, if asked, the baseline) on TRAIN; updates `accuracy` in place."""
+    if not cfg.train_data:
+        raise ConfigError("--finetune-epochs needs --train-data (training images)")
+    train = load_image_set(cfg.train_data, inputs.preprocessing, explicit_normalisation=cfg.mean is not None)
+    if train.image_shape != inputs.val.image_shape:
+        raise DataError(f"TRAIN images are {train.image_shape} but VAL images are {inputs.val.image_shape}; they must match")
+    config = FinetuneConfig(
+        epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size, distill=cfg.distill, seed=cfg.seed
+    )
+    teacher = inputs.module if cfg.distill else None
+    result = {"config": config.__dict__, "train_images": len(train), "train_data": cfg.train_data}
+    runs = [("compressed", emitted)]
+    if cfg.finetune_baseline:
+        runs.append(("baseline", None))
+    outputs = {}
+    for name, source in runs:
+        pre = source.pre_simplify if source is not None else inputs.onnx_model
+        progress.step(f"fine-tuning the {name} model: {config.epochs} epochs on {len(train)} images")
+        done = finetune_model(
+            pre, train, config, image_shape=inputs.val.image_shape, check_images=inputs.val.x, teacher=teacher,
+            checkpoint=ws.state / f"finetune_{name}.pt", device=cfg.device, threads=inputs.threads,
+            pass_log=source.pass_log if source is not None else [],
+            on_epoch=lambda e, loss, acc: progress.bar(e, config.epochs, f"loss {loss:.4f}  train top-1 {acc:.2f} %"),
+        )
+        progress.done()
+        outputs[name] = done
+        result[name] = {
+            "train_loss": done.log.train_loss, "train_top1": done.log.train_top1,
+            "resumed_from_epoch": done.log.resumed_from_epoch, "interpreter_check_relative_diff": done.self_check,
+            "validation": done.emitted.validation.as_dict(),
+        }
+        for split, data in (("val", inputs.val), ("test", inputs.test)):
+            if data is None:
+                continue
+            key = f"{name}_{split}"
+            after = top1(done.emitted.model, data, threads=inputs.threads, batch_size=cfg.batch_size)
+            if name == "compressed":
+                accuracy[f"{key}_before_finetune"] = accuracy[key]
+                accuracy[key] = after
+            else:
+                accuracy[f"{key}_finetuned"] = after
+    out = Path(cfg.out)
+    atomic_write_bytes(out / "model_before_finetune.onnx", emitted.model.SerializeToString())
+    if "baseline" in outputs:
+        atomic_write_bytes(out / "baseline_finetuned.onnx", outputs["baseline"].emitted.model.SerializeToString())
+    # Speed is compared against the original baseline either way (fine-tuning does not change speed).
+    return result, outputs["compressed"].emitted, baseline_onnx

@@ -118,7 +118,7 @@ def storage(model) -> dict:
 
 
 def build_report(*, cfg, inputs, space, boundary, score, result, best, plan, baseline_onnx, lowered, validation,
-                 accuracy, measured, pass_log, stats, timings, notes, cost_model) -> dict:
+                 accuracy, measured, pass_log, stats, timings, notes, cost_model, finetuning=None) -> dict:
     analysis = inputs.analysis
     base_work = graph_workload(Graph.from_model(baseline_onnx, inputs.val.image_shape))
     comp_work = graph_workload(Graph.from_model(lowered, inputs.val.image_shape))
@@ -127,15 +127,11 @@ def build_report(*, cfg, inputs, space, boundary, score, result, best, plan, bas
     comp_cost = float(cost_model.estimate([comp_work])[0])
 
     def side(name: str, macs: int, params: int, cost: float, model) -> dict:
-        entry = {"top1_val": accuracy[f"{name}_val"], "macs": macs, "params": params, "cost": {cost_model.unit: cost},
-                 "storage": storage(model)}
-        for split in ("test",):
-            if f"{name}_{split}" in accuracy:
-                entry[f"top1_{split}"] = accuracy[f"{name}_{split}"]
-        for split in ("val", "test"):
-            key = f"{name}_{split}_without_bn_recalibration"
-            if key in accuracy:
-                entry[f"top1_{split}_without_bn_recalibration"] = accuracy[key]
+        entry = {"macs": macs, "params": params, "cost": {cost_model.unit: cost}, "storage": storage(model)}
+        # accuracy["compressed_test_before_finetune"] -> entry["top1_test_before_finetune"]
+        for key, value in sorted(accuracy.items()):
+            if key.startswith(f"{name}_"):
+                entry[f"top1_{key[len(name) + 1:]}"] = value
         return entry
 
     kept = {p.group: len(p.keep) for p in plan.pruning}
@@ -204,6 +200,7 @@ def build_report(*, cfg, inputs, space, boundary, score, result, best, plan, bas
         "groups": groups,
         "frozen_groups": [{"id": g["id"], "channels": g["channels"], "reason": g["reason"]} for g in groups if not g["prunable"]],
         "layers": plan_layer_table(analysis, plan),
+        **({"finetuning": finetuning} if finetuning else {}),
         "lowering": pass_log,
         "timings_s": timings,
         "notes": notes,
@@ -258,9 +255,14 @@ def render_markdown(r: dict, plots: list[str]) -> str:
     if "top1_test" in b:
         lines.append(f"| top-1 TEST ({r['data']['test']['images']} images) | {_pct(b['top1_test'])} | {_pct(c['top1_test'])} |")
     for split in ("val", "test"):
-        key = f"top1_{split}_without_bn_recalibration"
-        if key in c:
-            lines.append(f"| top-1 {split.upper()}, trained BatchNorm statistics | | {_pct(c[key])} |")
+        for suffix, label in (("before_finetune", "after search, before fine-tuning"),
+                              ("without_bn_recalibration", "after search, trained BatchNorm statistics")):
+            key = f"top1_{split}_{suffix}"
+            if key in c:
+                lines.append(f"| top-1 {split.upper()}, {label} | | {_pct(c[key])} |")
+        key = f"top1_{split}_finetuned"
+        if key in b:
+            lines.append(f"| top-1 {split.upper()}, baseline fine-tuned the same way | {_pct(b[key])} | |")
     lines += [
         f"| MACs | {b['macs']:,} | {c['macs']:,} ({c['macs'] / b['macs']:.1%}) |",
         f"| parameters | {b['params']:,} | {c['params']:,} ({c['params'] / b['params']:.1%}) |",
@@ -296,11 +298,28 @@ def render_markdown(r: dict, plots: list[str]) -> str:
                     f"| {key.removeprefix('batch_')} | {v['baseline_ms']:.3f} | {v['compressed_ms']:.3f} | **{v['speedup']:.2f}×** | {v['repeats']} |"
                 )
         lines.append("")
+    ft = r.get("finetuning")
+    if ft:
+        cfg_ft = ft["config"]
+        lines += [
+            "## Fine-tuning",
+            "",
+            f"{cfg_ft['epochs']} epochs on {ft['train_images']} images from `{ft['train_data']}`: SGD (lr {cfg_ft['lr']}, "
+            f"momentum {cfg_ft['momentum']}, weight decay {cfg_ft['weight_decay']}, cosine schedule), crop and flip"
+            + (f", distillation from the original model (T = {cfg_ft['temperature']})" if cfg_ft["distill"] else "")
+            + ". The emitted architecture itself is trained (its ONNX graph interpreted by PyTorch).",
+            "",
+            "| epoch | train loss | train top-1 |",
+            "|---|---|---|",
+        ]
+        for i, (loss, acc) in enumerate(zip(ft["compressed"]["train_loss"], ft["compressed"]["train_top1"]), 1):
+            lines.append(f"| {i} | {loss:.4f} | {acc:.2f} % |")
+        lines.append("")
     v = r["validation"]
     lines += [
         "## Validation",
         "",
-        f"Lowered ONNX vs parameter-substituted PyTorch model on {v['images']} real images: "
+        f"Emitted ONNX vs {v['reference']} on {v['images']} real images: "
         f"max |diff| {v['max_abs_diff']:.3g} ({v['relative_diff']:.2e} of the output scale; tolerance {v['tolerance']:.0e}), "
         f"top-1 agreement {v['top1_agreement']:.1%}.",
         "",

@@ -28,16 +28,17 @@ class ValidationResult:
     tolerance: float
     top1_agreement: float
     images: int
+    reference: str = "parameter-substituted PyTorch model"
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__, reference="parameter-substituted PyTorch model", runtime="ONNX Runtime CPU")
+        return dict(self.__dict__, runtime="ONNX Runtime CPU")
 
 
-def compare_outputs(onnx_logits: np.ndarray, reference: np.ndarray, tolerance: float) -> ValidationResult:
+def compare_outputs(onnx_logits: np.ndarray, reference: np.ndarray, tolerance: float, what: str) -> ValidationResult:
     diff = float(np.max(np.abs(onnx_logits - reference)))
     scale = float(max(np.max(np.abs(reference)), 1e-12))
     agreement = float(np.mean(onnx_logits.argmax(1) == reference.argmax(1)))
-    return ValidationResult(diff, scale, diff / scale, tolerance, agreement, len(reference))
+    return ValidationResult(diff, scale, diff / scale, tolerance, agreement, len(reference), what)
 
 
 def run_onnx(model: onnx.ModelProto, x: np.ndarray, threads: int = 1, batch_size: int = 64) -> np.ndarray:
@@ -48,12 +49,18 @@ def run_onnx(model: onnx.ModelProto, x: np.ndarray, threads: int = 1, batch_size
 
 
 def validate_lowered(
-    lowered: onnx.ModelProto, reference_logits: np.ndarray, x: np.ndarray, *, tolerance: float = DEFAULT_TOLERANCE, threads: int = 1
+    lowered: onnx.ModelProto,
+    reference_logits: np.ndarray,
+    x: np.ndarray,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    threads: int = 1,
+    reference: str = "parameter-substituted PyTorch model",
 ) -> ValidationResult:
-    result = compare_outputs(run_onnx(lowered, x, threads), reference_logits, tolerance)
+    result = compare_outputs(run_onnx(lowered, x, threads), reference_logits, tolerance, reference)
     if not result.relative_diff <= tolerance:
         raise ValidationError(
-            f"the lowered model differs from the substituted model by {result.max_abs_diff:.3g} "
+            f"the lowered model differs from the {reference} by {result.max_abs_diff:.3g} "
             f"({result.relative_diff:.2e} of the output scale, tolerance {tolerance:.0e}); "
             "this is a lowering bug: please report it with --debug output"
         )

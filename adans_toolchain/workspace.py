@@ -34,7 +34,11 @@ STATE = "state"
 
 # Settings that may change between a run and its resume without changing
 # what has already been computed.
-RESUMABLE_CHANGES = frozenset({"iterations", "resume", "overwrite", "debug", "measure_budget_s", "threads", "no_measure", "test_data", "command"})
+RESUMABLE_CHANGES = frozenset({
+    "iterations", "resume", "overwrite", "debug", "measure_budget_s", "threads", "no_measure", "test_data", "command",
+    # Fine-tuning runs after the search; its own checkpoint checks its settings.
+    "train_data", "finetune_epochs", "finetune_lr", "finetune_batch_size", "distill", "finetune_baseline",
+})
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

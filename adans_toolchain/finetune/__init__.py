@@ -1,0 +1,1 @@
+"""Recovering accuracy after compression: fine-tuning the emitted (physically smaller) model."""
