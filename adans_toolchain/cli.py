@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boundary-rounds", type=int, default=6, help="bisection rounds per site for the boundary (default 6)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="where candidates are evaluated: cpu or cuda")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="candidate evaluation precision (auto: bf16 + channels-last on CUDA when it keeps the baseline's top-1 within 0.1 point)")
+    p.add_argument("--executor", default="local", choices=("local", "multi-gpu", "ray"),
+                   help="where candidates are evaluated: in process, one worker per GPU, or Ray actors")
+    p.add_argument("--workers", type=int, help="worker count for --executor multi-gpu/ray (default: GPUs / CPUs)")
+    p.add_argument("--ray-address", help="an existing Ray cluster (default: start a local one)")
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime (default: the target's)")
     p.add_argument("--batch-size", type=int, default=250, help="evaluation batch size")
     p.add_argument("--measure-batches", type=int, nargs="+", default=[1, 32], help="batch sizes to measure speed at")
@@ -116,6 +122,10 @@ def _config_from_args(args: argparse.Namespace, argv: list[str]):
         boundary_rounds=args.boundary_rounds,
         seed=args.seed,
         device=args.device,
+        precision=args.precision,
+        executor=args.executor,
+        workers=args.workers,
+        ray_address=args.ray_address,
         threads=args.threads,
         batch_size=args.batch_size,
         measure_batches=tuple(args.measure_batches),

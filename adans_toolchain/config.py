@@ -40,6 +40,10 @@ class CompileConfig:
     boundary_rounds: int = 6
     seed: int = 0
     device: str = "cpu"
+    precision: str = "auto"  # candidate evaluation: fp32, bf16, or auto (bf16 on CUDA when it keeps top-1)
+    executor: str = "local"  # local, multi-gpu or ray
+    workers: int | None = None
+    ray_address: str | None = None
     threads: int | None = None
     batch_size: int = 250
     measure_batches: tuple[int, ...] = (1, 32)

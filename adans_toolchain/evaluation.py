@@ -40,9 +40,13 @@ class SubstitutionEvaluator:
         device: str = "cpu",
         batch_size: int = 250,
         calibration: ImageSet | None = None,
+        precision: str = "fp32",
     ) -> None:
+        if precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"precision must be fp32, bf16 or auto, not {precision!r}")
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
+        self.precision = "fp32"
         self.transform = transform
         self.batch_size = batch_size
         self.x = data.x.to(self.device)
@@ -57,6 +61,41 @@ class SubstitutionEvaluator:
         self.notes: list[str] = []
         if self.calibration is not None and not self.batchnorms:
             self.notes.append("BatchNorm re-estimation requested, but the model has no BatchNorm layers")
+        if precision == "bf16":
+            self._use_bf16()
+        elif precision == "auto" and self.device.type == "cuda":
+            self.choose_precision()
+
+    # -- precision -----------------------------------------------------------
+    def _use_bf16(self) -> None:
+        # channels-last is what cuDNN's fastest bf16 convolutions expect.
+        self.module.to(memory_format=torch.channels_last)
+        self.x = self.x.contiguous(memory_format=torch.channels_last)
+        if self.calibration is not None:
+            self.calibration = self.calibration.contiguous(memory_format=torch.channels_last)
+        self.precision = "bf16"
+
+    def choose_precision(self, tolerance_points: float = 0.1) -> str:
+        """Use bf16 + channels-last only if the baseline's top-1 stays within `tolerance_points` of fp32."""
+        from .plan import Plan
+
+        fp32 = float(self.accuracy([Plan(())])[0])
+        self._use_bf16()
+        bf16 = float(self.accuracy([Plan(())])[0])
+        self.evaluations -= 2
+        if abs(bf16 - fp32) > tolerance_points:
+            self.precision = "fp32"
+            self.notes.append(f"bf16 evaluation changed the baseline's top-1 by {bf16 - fp32:+.2f} points; evaluating in fp32")
+        else:
+            self.notes.append(f"evaluating candidates in bf16 autocast, channels-last (baseline top-1 {bf16:.2f} % vs {fp32:.2f} % fp32)")
+        return self.precision
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        from contextlib import nullcontext
+
+        return nullcontext()
 
     def recalibrates(self, plan: Plan) -> bool:
         """Compressed candidates get re-estimated BatchNorm statistics; the baseline keeps its own."""
@@ -106,8 +145,9 @@ class SubstitutionEvaluator:
             # (nearly) equal in size: 256 images as 250 + 6 would give six
             # images the weight of 250.
             n_batches = -(-len(self.calibration) // self.batch_size)
-            for batch in torch.tensor_split(self.calibration, n_batches):
-                self.module(batch)
+            with self._autocast():
+                for batch in torch.tensor_split(self.calibration, n_batches):
+                    self.module(batch)
         finally:
             for name, bn in self.batchnorms.items():
                 bn.momentum = momenta[name]
@@ -128,7 +168,8 @@ class SubstitutionEvaluator:
     def _correct(self, x: torch.Tensor, y: torch.Tensor) -> int:
         correct = 0
         for start in range(0, len(y), self.batch_size):
-            logits = self.module(x[start : start + self.batch_size])
+            with self._autocast():
+                logits = self.module(x[start : start + self.batch_size])
             correct += int((logits.argmax(dim=1) == y[start : start + self.batch_size]).sum())
         return correct
 
@@ -147,6 +188,7 @@ class SubstitutionEvaluator:
 
     @torch.no_grad()
     def logits(self, plan: Plan, x: torch.Tensor) -> np.ndarray:
+        """fp32 logits whatever the search precision: this is the validation reference."""
         with self.substituted(plan):
             return self.module(x.to(self.device)).float().cpu().numpy()
 

@@ -26,6 +26,7 @@ from .boundary import characterise_boundary, initial_batch
 from .config import CompileConfig
 from .errors import ConfigError, DataError, InputError
 from .evaluation import SubstitutionEvaluator, original_weights
+from .executors import EvaluatorSpec, make_executor
 from .frontend.data import IMAGENET_MEAN, IMAGENET_STD, ImageSet, Preprocessing, load_image_set
 from .frontend.export import export_onnx
 from .frontend.models import load_model
@@ -164,7 +165,8 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     analysis = inputs.analysis
     transform = PlanTransform(analysis, original_weights(inputs.module, analysis))
     evaluator = SubstitutionEvaluator(
-        inputs.module, inputs.val, transform, device=cfg.device, batch_size=cfg.batch_size, calibration=inputs.calibration
+        inputs.module, inputs.val, transform, device=cfg.device, batch_size=cfg.batch_size, calibration=inputs.calibration,
+        precision=cfg.precision,
     )
     identity = Plan((), _fingerprint(inputs.onnx_model))
     baseline_val = float(evaluator.accuracy([identity])[0])
@@ -205,7 +207,33 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     baseline_cost = float(cost_model.estimate(plan_workloads(analysis, [identity]))[0])
     score = AdaNSScore(baseline_val, baseline_cost, threshold, floor)
     cache = EvaluationCache(ws.state / "evaluations.jsonl")
-    stats = {"evaluated": 0, "cached": 0, "eval_seconds": 0.0}
+    if cfg.executor != "local" and not isinstance(evaluator, SubstitutionEvaluator):
+        raise ConfigError(f"--executor {cfg.executor} distributes PyTorch models; an ONNX model is evaluated with --executor local")
+    executor = make_executor(
+        cfg.executor, evaluator, lambda: _evaluator_spec(inputs, transform, cfg, evaluator.precision),
+        workers=cfg.workers, ray_address=cfg.ray_address,
+    )
+    try:
+        return _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_model, score, cache, ws, identity,
+                                progress, timings, t0)
+    finally:
+        executor.close()
+
+
+def _evaluator_spec(inputs: _Inputs, transform, cfg: CompileConfig, precision: str) -> EvaluatorSpec:
+    threads = max(1, inputs.threads // max(cfg.workers or inputs.threads, 1))
+    return EvaluatorSpec.from_module(
+        inputs.module, val=inputs.val, calibration=inputs.calibration, analysis=inputs.analysis, weights=transform.weights,
+        batch_size=cfg.batch_size, precision=precision, device=cfg.device, threads=threads,
+    )
+
+
+def _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_model, score, cache, ws, identity, progress, timings, t0):
+    analysis = inputs.analysis
+    threshold = score.accuracy_threshold
+    baseline_cost = score.baseline_cost
+    stats = {"evaluated": 0, "cached": 0, "eval_seconds": 0.0, "executor": executor.describe(),
+             "precision": getattr(evaluator, "precision", "fp32")}
 
     def accuracies(xs: np.ndarray) -> np.ndarray:
         xs = np.atleast_2d(xs)
@@ -216,7 +244,7 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
                 missing[k] = x
         if missing:
             start = time.perf_counter()
-            acc = evaluator.accuracy(space.decode_batch(np.array(list(missing.values()))))
+            acc = executor.accuracy(space.decode_batch(np.array(list(missing.values()))))
             stats["eval_seconds"] += time.perf_counter() - start
             cache.put_many([{"key": k, "accuracy": float(a)} for k, a in zip(missing, acc)])
         stats["evaluated"] += len(missing)

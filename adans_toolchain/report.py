@@ -188,6 +188,8 @@ def build_report(*, cfg, inputs, space, boundary, score, result, best, plan, bas
             "evaluations": stats["evaluated"],
             "cache_hits": stats["cached"],
             "evaluations_per_s": stats["evaluated"] / max(stats["eval_seconds"], 1e-9),
+            "executor": stats.get("executor"),
+            "precision": stats.get("precision"),
             "resumed_from_iteration": result.resumed_from,
             "best": None if best is None else {"f": best.f, "iteration": best.iteration, **best.info},
             "feasible_samples": sum(1 for e in result.history if e.info.get("feasible")),

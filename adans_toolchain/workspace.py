@@ -36,6 +36,8 @@ STATE = "state"
 # what has already been computed.
 RESUMABLE_CHANGES = frozenset({
     "iterations", "resume", "overwrite", "debug", "measure_budget_s", "threads", "no_measure", "test_data", "command",
+    # Where candidates are evaluated does not change their accuracy.
+    "executor", "workers", "ray_address",
     # Fine-tuning runs after the search; its own checkpoint checks its settings.
     "train_data", "finetune_epochs", "finetune_lr", "finetune_batch_size", "distill", "finetune_baseline",
 })

@@ -1,0 +1,32 @@
+"""Where candidate accuracies are computed: in process, one process per GPU, or on a Ray cluster.
+
+Every executor returns the accuracies of a batch of plans *in order*, so for
+a given seed the search history is the same whatever the executor and the
+number of workers.
+"""
+
+from .base import Executor, chunk_bounds
+from .local import LocalExecutor
+from .spec import EvaluatorSpec
+
+EXECUTOR_NAMES = ("local", "multi-gpu", "ray")
+
+__all__ = ["EXECUTOR_NAMES", "EvaluatorSpec", "Executor", "LocalExecutor", "chunk_bounds", "make_executor"]
+
+
+def make_executor(name: str, evaluator, spec_factory, *, workers: int | None = None, ray_address: str | None = None) -> Executor:
+    """`spec_factory()` builds the EvaluatorSpec lazily (only remote executors need it)."""
+    if name == "local":
+        return LocalExecutor(evaluator)
+    if name == "multi-gpu":
+        from .processes import MultiProcessExecutor, visible_gpus
+
+        devices = visible_gpus()
+        if workers is not None:
+            devices = devices[:workers]
+        return MultiProcessExecutor(spec_factory(), devices)
+    if name == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(spec_factory(), workers=workers, address=ray_address)
+    raise ValueError(f"unknown executor '{name}'; choose one of {', '.join(EXECUTOR_NAMES)}")

@@ -1,0 +1,47 @@
+"""The executor interface and the one rule every executor shares: how a batch is split."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import numpy as np
+
+from ..plan import Plan
+
+
+def chunk_bounds(n: int, workers: int) -> list[tuple[int, int]]:
+    """Contiguous, nearly equal chunks of range(n), the first ones one longer; empty chunks dropped."""
+    workers = max(1, min(workers, n)) if n else 1
+    base, extra = divmod(n, workers)
+    bounds, start = [], 0
+    for i in range(workers):
+        stop = start + base + (1 if i < extra else 0)
+        if stop > start:
+            bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+class Executor(ABC):
+    name: str = "executor"
+
+    @abstractmethod
+    def accuracy(self, plans: Sequence[Plan]) -> np.ndarray:
+        """Top-1 (percent) of each plan on the validation set, in the order given."""
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    def describe(self) -> dict:
+        return {"executor": self.name, "workers": self.workers}
+
+    def close(self) -> None:
+        """Release workers (idempotent)."""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
