@@ -6,6 +6,6 @@ code. The `host` target is detected at run time from the machine itself.
 
 from __future__ import annotations
 
-from .target import Target, UnknownTargetError, known_target_ids, load_target
+from .target import Target, TargetDescriptorError, UnknownTargetError, known_target_ids, load_target
 
-__all__ = ["Target", "UnknownTargetError", "known_target_ids", "load_target"]
+__all__ = ["Target", "TargetDescriptorError", "UnknownTargetError", "known_target_ids", "load_target"]
