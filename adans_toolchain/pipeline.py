@@ -30,6 +30,8 @@ from .executors import EvaluatorSpec, make_executor
 from .frontend.data import IMAGENET_MEAN, IMAGENET_STD, ImageSet, Preprocessing, load_image_set
 from .frontend.export import export_onnx
 from .frontend.models import load_model
+from .frontend.onnx_model import OnnxModel, check_onnx_runs_on
+from .onnx_evaluation import OnnxEvaluator
 from .emit import finetune_model, lower_plan, simplify, top1
 from .finetune.train import FinetuneConfig
 from .measure import measured_speedup
@@ -115,9 +117,16 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
     for name, data in (("TEST", test), ("calibration", calibration)):
         if data is not None and data.image_shape != val.image_shape:
             raise DataError(f"{name} images are {data.image_shape} but VAL images are {val.image_shape}; they must match")
+    if loaded.source == "onnx":
+        # An ONNX file is analysed and lowered as given (its initializer names are the parameter names).
+        check_onnx_runs_on(loaded.module, val.image_shape)
     _check_model_runs_on(loaded.module, val)
-    progress.step(f"exporting to ONNX and analysing channel groups (input {list(val.image_shape)})")
-    onnx_model = export_onnx(loaded.module, val.image_shape)
+    if loaded.source == "onnx":
+        progress.step(f"analysing channel groups of the ONNX model (input {list(val.image_shape)})")
+        onnx_model = loaded.onnx_model
+    else:
+        progress.step(f"exporting to ONNX and analysing channel groups (input {list(val.image_shape)})")
+        onnx_model = export_onnx(loaded.module, val.image_shape)
     graph = Graph.from_model(onnx_model, val.image_shape)
     classes = graph.shapes[graph.output_names[0]][-1]
     for name, data in (("VAL", val), ("TEST", test)):
@@ -164,9 +173,11 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     inputs = _load_inputs(cfg, progress)
     analysis = inputs.analysis
     transform = PlanTransform(analysis, original_weights(inputs.module, analysis))
-    evaluator = SubstitutionEvaluator(
+    evaluator_class = OnnxEvaluator if isinstance(inputs.module, OnnxModel) else SubstitutionEvaluator
+    options = {"precision": cfg.precision} if evaluator_class is SubstitutionEvaluator else {}
+    evaluator = evaluator_class(
         inputs.module, inputs.val, transform, device=cfg.device, batch_size=cfg.batch_size, calibration=inputs.calibration,
-        precision=cfg.precision,
+        **options,
     )
     identity = Plan((), _fingerprint(inputs.onnx_model))
     baseline_val = float(evaluator.accuracy([identity])[0])

@@ -278,7 +278,10 @@ def _rule_conv(b: _Builder, node: onnx.NodeProto) -> None:
         if bias:
             b.bind(bias, 0, y, CHANNELWISE, node)
     else:
-        _freeze_node(b, node, f"grouped convolution (group={group}) needs the same channel count in every group")
+        _freeze_node(
+            b, node, f"grouped convolution (group={group}): channels could only go in equal numbers from every group, "
+            "which the search does not do"
+        )
 
 
 def _rule_conv_transpose(b: _Builder, node: onnx.NodeProto) -> None:
@@ -398,7 +401,9 @@ def _rule_slice(b: _Builder, node: onnx.NodeProto) -> None:
         steps = _ints(b, node, 4) or [1] * len(axes)
         start = starts[i] + b.count[x] if starts[i] < 0 else starts[i]
         if b.count[x] != b.count[y] or start != 0 or steps[i] != 1:
-            _freeze_node(b, node, "it selects, reorders or strides channels")
+            end = min(ends[i] + b.count[x] if ends[i] < 0 else ends[i], b.count[x])
+            what = f"channels {start}..{end - 1} of {b.count[x]}" if steps[i] == 1 else f"every {steps[i]}th channel"
+            _freeze_node(b, node, f"it takes {what} (lowering does not rewrite channel slice bounds)")
             return
     b.tie_tensors(x, y)
 
@@ -447,6 +452,86 @@ def _rule_axes_op(b: _Builder, node: onnx.NodeProto) -> None:
     b.tie_tensors(x, y)
 
 
+def _is_stored(b: _Builder, name: str) -> bool:
+    """A constant in the file (not computed from the input's shape at run time)."""
+    return bool(name) and name not in b.graph.activations and b.graph.is_constant(name)
+
+
+def _rule_resize(b: _Builder, node: onnx.NodeProto) -> None:
+    """Resize/Upsample interpolate each channel over space on its own, while batch and channel axes keep their size."""
+    x, y = node.input[0], node.output[0]
+    if not (b.has(x) and b.has(y)):
+        _freeze_node(b, node, "input or output has no channel axis")
+        return
+    xs, ys = b.graph.shapes[x], b.graph.shapes[y]
+    if xs[0] != ys[0] or b.count[x] != b.count[y]:
+        _freeze_node(b, node, f"it rescales the batch or channel axis ({list(xs)} to {list(ys)})")
+        return
+    if attributes(node).get("coordinate_transformation_mode") in (b"tf_crop_and_resize", "tf_crop_and_resize"):
+        _freeze_node(b, node, "it crops a region of interest (tf_crop_and_resize), which may cut the channel axis")
+        return
+    sizes = node.input[3] if node.op_type == "Resize" and len(node.input) > 3 else ""
+    if _is_stored(b, sizes) and len(b.graph.constant(sizes)) == len(xs):
+        # The file spells out the full output shape, channel count included;
+        # lowering does not rewrite it. (Sizes computed from Shape at run time,
+        # as PyTorch exports them, follow the new channel count by themselves.)
+        _freeze_node(b, node, "its 'sizes' are a stored constant that spells out the channel count")
+        return
+    b.tie_tensors(x, y)
+
+
+def _rule_split(b: _Builder, node: onnx.NodeProto) -> None:
+    x = node.input[0]
+    outs = [o for o in node.output if o]
+    if not b.has(x) or not all(b.has(o) for o in outs):
+        _freeze_node(b, node, "an input or output has no channel axis")
+        return
+    axis = _normalise_axis(int(attributes(node).get("axis", 0)), len(b.graph.shapes[x]))
+    if axis == 0:
+        _freeze_node(b, node, "it splits the batch axis")
+        return
+    if axis == 1:
+        # Each part would be its own unit range, but lowering does not rewrite split sizes.
+        _freeze_node(b, node, "it splits the channel axis (lowering does not rewrite split sizes)")
+        return
+    for o in outs:  # a split over space keeps every channel in every part
+        b.tie_tensors(x, o)
+
+
+def _rule_gather(b: _Builder, node: onnx.NodeProto) -> None:
+    x, y = node.input[0], node.output[0]
+    if not (b.has(x) and b.has(y)):
+        _freeze_node(b, node, "input or output has no channel axis")
+        return
+    axis = _normalise_axis(int(attributes(node).get("axis", 0)), len(b.graph.shapes[x]))
+    if axis < 2 or b.count[x] != b.count[y] or b.graph.shapes[x][0] != b.graph.shapes[y][0]:
+        _freeze_node(b, node, "it selects along the batch or channel axis")
+        return
+    b.tie_tensors(x, y)
+
+
+# Operators whose every output channel depends on other channels of their input:
+# pruning any of those channels would change the survivors. Frozen, with the reason.
+CHANNEL_MIXING = {
+    "LRN": "it normalises each channel by its neighbouring channels, so removing one changes the others",
+    "GroupNormalization": "its statistics are shared by all channels of a group",
+    "LayerNormalization": "its statistics span the channel axis",
+    "MeanVarianceNormalization": "its statistics may span the channel axis",
+    "LpNormalization": "it normalises across channels",
+    "DepthToSpace": "it moves channels into space",
+    "SpaceToDepth": "it moves space into channels",
+    "Einsum": "it contracts axes the analysis does not track",
+    "CumSum": "it accumulates along an axis the analysis does not track",
+    "TopK": "it selects elements by value",
+    "ArgMax": "it reduces by value", "ArgMin": "it reduces by value",
+    "NonMaxSuppression": "it selects elements by value",
+}
+
+
+def _rule_channel_mixing(b: _Builder, node: onnx.NodeProto) -> None:
+    _freeze_node(b, node, CHANNEL_MIXING[node.op_type])
+
+
 _RULES: dict[str, Callable[[_Builder, onnx.NodeProto], None]] = {
     **{op: _rule_elementwise for op in ELEMENTWISE},
     **{op: _rule_spatial_channelwise for op in SPATIAL_CHANNELWISE},
@@ -460,6 +545,11 @@ _RULES: dict[str, Callable[[_Builder, onnx.NodeProto], None]] = {
     "Slice": _rule_slice,
     "Flatten": _rule_flatten_reshape,
     "Reshape": _rule_flatten_reshape,
+    "Resize": _rule_resize,
+    "Upsample": _rule_resize,
+    "Split": _rule_split,
+    "Gather": _rule_gather,
+    **{op: _rule_channel_mixing for op in CHANNEL_MIXING},
     **{
         op: _rule_axes_op
         for op in (

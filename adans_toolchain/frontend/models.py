@@ -1,8 +1,9 @@
-"""Load a user's model: checkpoint + architecture, TorchScript, or a pickled module.
+"""Load a user's model: checkpoint + architecture, TorchScript, a pickled module, or an ONNX file.
 
 Unpickling runs arbitrary code, so checkpoints are read with
 `weights_only=True`; a whole pickled module is only loaded when the user says
-`--trust-pickle`.
+`--trust-pickle`. ONNX files are checked with `onnx.checker` before use
+(see onnx_model.py).
 """
 
 from __future__ import annotations
@@ -21,8 +22,16 @@ from ..errors import ModelLoadError
 _CIFAR_DEPTHS = (20, 32, 44, 56, 110)
 
 
+# torchvision classifiers whose auxiliary heads only run in training: built
+# without them (and without the slow scipy initialisation), and their weights
+# are dropped from a checkpoint that still has them.
+_AUX_HEADS = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
+
+
 def builtin_arch_names() -> list[str]:
-    return [f"cifar_resnet{d}" for d in _CIFAR_DEPTHS]
+    from ..models.tf_mobilenet_v1 import TF_MOBILENET_V1
+
+    return [f"cifar_resnet{d}" for d in _CIFAR_DEPTHS] + list(TF_MOBILENET_V1)
 
 
 def build_architecture(arch: str) -> nn.Module:
@@ -36,12 +45,21 @@ def build_architecture(arch: str) -> nn.Module:
                 f"unknown built-in architecture '{arch}'; built-ins: {', '.join(builtin_arch_names())}"
             )
         return cifar_resnet(int(depth))
+    if arch.startswith("tf_mobilenet_v1"):
+        from ..models.tf_mobilenet_v1 import TF_MOBILENET_V1, tf_mobilenet_v1
+
+        if arch not in TF_MOBILENET_V1:
+            raise ModelLoadError(
+                f"unknown built-in architecture '{arch}'; built-ins: {', '.join(builtin_arch_names())}"
+            )
+        return tf_mobilenet_v1(arch)
     if arch.startswith("torchvision:"):
         import torchvision
 
         name = arch.split(":", 1)[1]
+        extra = {"aux_logits": False, "init_weights": False} if name in _AUX_HEADS else {}
         try:
-            return torchvision.models.get_model(name, weights=None)
+            return torchvision.models.get_model(name, weights=None, **extra)
         except ValueError as e:
             raise ModelLoadError(
                 f"torchvision has no model '{name}'; see torchvision.models.list_models()"
@@ -67,8 +85,9 @@ def build_architecture(arch: str) -> nn.Module:
 @dataclass(frozen=True)
 class LoadedModel:
     module: nn.Module
-    source: str  # "state_dict", "torchscript", "pickle"
+    source: str  # "state_dict", "torchscript", "pickle", "onnx"
     description: str
+    onnx_model: object = None  # onnx.ModelProto, normalised (source "onnx" only)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -102,6 +121,12 @@ def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = F
         raise ModelLoadError(f"model file {path} does not exist")
     if path.stat().st_size == 0:
         raise ModelLoadError(f"model file {path} is empty")
+    if path.suffix.lower() == ".onnx":
+        from .onnx_model import load_onnx_model
+
+        if arch is not None:
+            raise ModelLoadError(f"{path.name} is an ONNX model, which carries its own architecture; drop --arch")
+        return load_onnx_model(path)
     if _is_torchscript(path):
         try:
             module = torch.jit.load(str(path), map_location="cpu")
@@ -131,6 +156,7 @@ def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = F
         )
     state = _extract_state_dict(obj, path)
     module = build_architecture(arch)
+    state = _drop_unused_aux_heads(arch, module, state)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -138,6 +164,15 @@ def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = F
         detail = "; ".join(filter(None, [missing, unexpected])) or _first_line(e)
         raise ModelLoadError(f"the weights in {path.name} do not fit --arch {arch}: {detail}") from e
     return LoadedModel(module.eval(), "state_dict", f"{arch} with weights from {path.name}")
+
+
+def _drop_unused_aux_heads(arch: str, module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights of training-only auxiliary classifiers (GoogLeNet, Inception v3) that the module was built without."""
+    prefixes = _AUX_HEADS.get(arch.removeprefix("torchvision:")) if arch.startswith("torchvision:") else None
+    if not prefixes:
+        return state
+    expected = module.state_dict()
+    return {k: v for k, v in state.items() if k in expected or not k.startswith(prefixes)}
 
 
 def _key_mismatch(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[str, str]:
