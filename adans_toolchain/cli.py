@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma separated: ps (channel pruning), pn (unstructured magnitude pruning), svd (Gemm/1x1 conv), "
                         "tucker (kxk conv), d = svd,tucker; e.g. d,ps decomposes then prunes (default ps)")
     p.add_argument("--sampler", default="gaussian", choices=SAMPLER_NAMES)
-    p.add_argument("--cost", default="macs", choices=cost_model_names())
+    p.add_argument("--cost", default="macs", choices=cost_model_names(),
+                   help="what the search minimises: macs (exact), latency (lookup table profiled on the target, "
+                        "else a roofline estimate), memory (weight + peak activation bytes); default macs")
+    p.add_argument("--lut", metavar="LUT", help="latency lookup table from adans-profile (default: the target's own table)")
     thr = p.add_mutually_exclusive_group()
     thr.add_argument("--accuracy-threshold", type=float, metavar="PCT", help="minimum top-1 on VAL, in percent")
     thr.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="maximum top-1 drop on VAL, in points (default 2)")
@@ -104,6 +107,7 @@ def _config_from_args(args: argparse.Namespace, argv: list[str]):
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
         sampler=args.sampler,
         cost=args.cost,
+        lut=args.lut,
         accuracy_threshold=args.accuracy_threshold,
         max_accuracy_drop=args.max_accuracy_drop,
         accuracy_floor=args.accuracy_floor,
@@ -143,7 +147,10 @@ def _list_targets() -> int:
 
     for tid in known_target_ids():
         t = load_target(tid)
-        print(f"{t.id:16s} {t.kind:4s} {t.description}")
+        lut = t.lut_location()
+        table = f"latency table {lut}" if lut.is_file() else f"no latency table yet (would be {lut}): roofline estimate"
+        print(f"{t.id:14s} {t.kind:4s} {t.description}")
+        print(f"{'':19s} {t.provider}, {t.threads or '?'} threads, batch {t.batch_size}; {table}")
     return 0
 
 

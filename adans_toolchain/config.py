@@ -22,6 +22,7 @@ class CompileConfig:
     methods: tuple[str, ...] = ("ps",)
     sampler: str = "gaussian"
     cost: str = "macs"
+    lut: str | None = None  # latency lookup table (default: the target's own, else a roofline estimate)
     accuracy_threshold: float | None = None
     max_accuracy_drop: float | None = None
     accuracy_floor: float | None = None  # None: the allowed drop (see scoring.py)

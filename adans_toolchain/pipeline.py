@@ -15,13 +15,14 @@ import numpy as np
 import onnx
 import torch
 
-from cost_models import make_cost_model
+from targets.host import usable_cores
 from targets import Target, UnknownTargetError, load_target
 
 from . import report as report_writer
 from .analysis.channels import ChannelAnalysis, analyse_channels
 from .analysis.graph import Graph
 from .analysis.workload import plan_workloads
+from .costing import predicted_latency, report_latency_model, search_cost_model
 from .boundary import characterise_boundary, initial_batch
 from .config import CompileConfig
 from .errors import ConfigError, DataError, InputError
@@ -97,7 +98,10 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
         target = load_target(cfg.target)
     except UnknownTargetError as e:
         raise ConfigError(str(e)) from e
-    threads = cfg.threads or target.threads or 1
+    # This process runs on the host whatever the target: PyTorch and the
+    # measurements use the host's cores; the target's own thread count only
+    # enters its cost model (which prices the model as run there).
+    threads = cfg.threads or usable_cores()
     torch.set_num_threads(threads)
     prep = Preprocessing(
         mean=tuple(cfg.mean) if cfg.mean else IMAGENET_MEAN,
@@ -172,6 +176,7 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     inputs = _load_inputs(cfg, progress)
     analysis = inputs.analysis
+    cost_model = search_cost_model(cfg.cost, inputs.target, cfg.lut)
     transform = PlanTransform(analysis, original_weights(inputs.module, analysis))
     evaluator_class = OnnxEvaluator if isinstance(inputs.module, OnnxModel) else SubstitutionEvaluator
     options = {"precision": cfg.precision} if evaluator_class is SubstitutionEvaluator else {}
@@ -214,8 +219,7 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     space = CompressionSpace.from_priorities(
         groups, priorities, identity.model_fingerprint, round_to=cfg.round_to, extra_sites=extra_sites
     )
-    cost_model = make_cost_model(cfg.cost, inputs.target)
-    baseline_cost = float(cost_model.estimate(plan_workloads(analysis, [identity]))[0])
+    baseline_cost = float(cost_model.estimate(plan_workloads(analysis, [identity], batch=inputs.target.batch_size))[0])
     score = AdaNSScore(baseline_val, baseline_cost, threshold, floor)
     cache = EvaluationCache(ws.state / "evaluations.jsonl")
     if cfg.executor != "local" and not isinstance(evaluator, SubstitutionEvaluator):
@@ -278,7 +282,7 @@ def _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_mo
     def objective(xs: np.ndarray):
         acc = accuracies(xs)
         plans = space.decode_batch(xs)
-        costs = cost_model.estimate(plan_workloads(analysis, plans))
+        costs = cost_model.estimate(plan_workloads(analysis, plans, batch=inputs.target.batch_size))
         f = score(acc, costs)
         feasible = score.feasible(acc)
         if feasible.any():
@@ -355,6 +359,7 @@ def _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_mo
             time_budget_s=cfg.measure_budget_s,
         )
         timings["measure_s"] = time.perf_counter() - t
+    latency = _predicted_latency(cfg, inputs, cost_model, identity, best_plan, notes)
     timings["total_s"] = time.perf_counter() - t0
 
     out = Path(cfg.out)
@@ -381,10 +386,27 @@ def _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_mo
         timings=timings,
         notes=notes,
         cost_model=cost_model,
+        latency=latency,
     )
     report_writer.write_report(out, report, result)
     progress.step(f"done: {out / 'report.md'}")
     return report
+
+
+def _predicted_latency(cfg: CompileConfig, inputs: _Inputs, cost_model, identity: Plan, plan: Plan, notes: list[str]) -> dict | None:
+    """Baseline and emitted model latency on the target, as the latency cost model predicts it (Table IV)."""
+    model, why_not = report_latency_model(cost_model, inputs.target, cfg.lut)
+    if model is None:
+        notes.append(why_not)
+        return None
+    totals, layers, why_not = predicted_latency(model, inputs.analysis, [identity, plan], inputs.target.batch_size)
+    if why_not:
+        notes.append(why_not)
+        return None
+    described = model.describe()
+    notes.extend(n for n in described["notes"] if n not in notes)
+    return {"baseline_ms": totals[0], "compressed_ms": totals[1], "layers_ms": layers,
+            "source": described["latency_source"], "model": described}
 
 
 def _finetune(cfg: CompileConfig, inputs: _Inputs, emitted, baseline_onnx, ws: Workspace, progress: Progress, accuracy: dict):

@@ -37,7 +37,7 @@ def _versions() -> dict:
 _FACTOR_SUFFIXES = ("/tucker_in", "/tucker_core", "/tucker_out", "/svd_in", "/svd_out")
 
 
-def _origin(op_name: str) -> str:
+def origin_layer(op_name: str) -> str:
     """The original node a (possibly factorised) operator came from."""
     for suffix in _FACTOR_SUFFIXES:
         if op_name.endswith(suffix):
@@ -53,7 +53,7 @@ def plan_layer_table(analysis, plan) -> list[dict]:
     after: dict[str, list] = {}
     for op in plan_workload(analysis, plan):
         if op.op_type in _WEIGHTED:
-            after.setdefault(_origin(op.name), []).append(op)
+            after.setdefault(origin_layer(op.name), []).append(op)
     nodes = {n.name: n for n in analysis.graph.nodes}
     rows = []
     for b in before:
@@ -71,6 +71,7 @@ def plan_layer_table(analysis, plan) -> list[dict]:
         rows.append(
             {
                 "layer": weight.removesuffix(".weight"),
+                "node": b.name,
                 "op": b.op_type + (" (depthwise)" if b.groups > 1 and b.groups == b.input_shape[1] else ""),
                 "edit": ", ".join(edits) or "—",
                 "in_channels": [b.input_shape[1], ops[0].input_shape[1]],
@@ -118,7 +119,7 @@ def storage(model) -> dict:
 
 
 def build_report(*, cfg, inputs, space, boundary, score, result, best, plan, baseline_onnx, lowered, validation,
-                 accuracy, measured, pass_log, stats, timings, notes, cost_model, finetuning=None) -> dict:
+                 accuracy, measured, pass_log, stats, timings, notes, cost_model, finetuning=None, latency=None) -> dict:
     analysis = inputs.analysis
     base_work = graph_workload(Graph.from_model(baseline_onnx, inputs.val.image_shape))
     comp_work = graph_workload(Graph.from_model(lowered, inputs.val.image_shape))
@@ -148,8 +149,12 @@ def build_report(*, cfg, inputs, space, boundary, score, result, best, plan, bas
         for g in analysis.groups
     ]
     speedup = {"theoretical": base_macs / comp_macs}
+    if latency is not None:
+        speedup["predicted"] = latency["baseline_ms"] / latency["compressed_ms"]
+        speedup["predicted_source"] = latency["source"]
     if measured is not None:
         speedup["measured_host"] = measured
+    layers = plan_layer_table(analysis, plan)
     report = {
         "format": "adans-report/1",
         "command": cfg.command,
@@ -165,6 +170,7 @@ def build_report(*, cfg, inputs, space, boundary, score, result, best, plan, bas
         "baseline": side("baseline", base_macs, workload_params(base_work), base_cost, baseline_onnx),
         "compressed": side("compressed", comp_macs, workload_params(comp_work), comp_cost, lowered),
         "speedup": speedup,
+        "table_iv": table_iv(speedup, layers, latency, inputs.target),
         "validation": validation.as_dict(),
         "search": {
             "methods": list(space_methods(space)),
@@ -201,13 +207,48 @@ def build_report(*, cfg, inputs, space, boundary, score, result, best, plan, bas
         },
         "groups": groups,
         "frozen_groups": [{"id": g["id"], "channels": g["channels"], "reason": g["reason"]} for g in groups if not g["prunable"]],
-        "layers": plan_layer_table(analysis, plan),
+        "layers": layers,
         **({"finetuning": finetuning} if finetuning else {}),
         "lowering": pass_log,
         "timings_s": timings,
         "notes": notes,
     }
+    if latency is not None:
+        for name in ("baseline", "compressed"):
+            report[name]["latency_ms"] = latency[f"{name}_ms"]
+            report[name]["latency_source"] = latency["source"]
     return report
+
+
+def table_iv(speedup: dict, layers: list[dict], latency: dict | None, target) -> dict:
+    """Theoretical (MACs), predicted (latency model on the target) and measured (ONNX Runtime, host) speedups.
+
+    The paper's Table IV reports measured/theoretical per model; per layer,
+    the measured column needs per-operator timing, which the report does not
+    take (operators fuse differently once channels change), so layers show
+    theoretical and predicted only.
+    """
+    measured = {k.removeprefix("batch_"): v["speedup"] for k, v in (speedup.get("measured_host") or {}).items() if k.startswith("batch_")}
+    model = {
+        "theoretical": speedup["theoretical"],
+        "predicted": speedup.get("predicted"),
+        "predicted_source": speedup.get("predicted_source"),
+        "predicted_for": {"target": target.id, "batch_size": target.batch_size, "threads": target.threads},
+        "measured_host": measured,
+        "measured_over_theoretical": {b: m / speedup["theoretical"] for b, m in measured.items()},
+        "measured_over_predicted": {b: m / speedup["predicted"] for b, m in measured.items()} if speedup.get("predicted") else {},
+    }
+    rows = []
+    per_layer = latency["layers_ms"] if latency is not None else None
+    for row in layers:
+        macs_before, macs_after = row["macs"]
+        entry = {"layer": row["layer"], "theoretical": macs_before / macs_after if macs_after else None}
+        if per_layer is not None:
+            before, after = per_layer[0].get(row["node"]), per_layer[1].get(row["node"])
+            if before is not None and after:
+                entry.update({"predicted_ms": [before, after], "predicted": before / after})
+        rows.append(entry)
+    return {"model": model, "layers": rows}
 
 
 def space_methods(space) -> list[str]:
@@ -232,6 +273,42 @@ def write_report(out: Path, report: dict, result) -> None:
         except Exception as e:  # noqa: BLE001 - a plot must never fail a compile
             report["notes"].append(f"convergence plot not written: {e}")
     atomic_write_text(out / "report.md", render_markdown(report, plots))
+
+
+def _ratio(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}×"
+
+
+def _table_iv_markdown(r: dict) -> list[str]:
+    t = r["table_iv"]["model"]
+    if t["predicted"] is None and not t["measured_host"]:
+        return []
+    source = f" ({t['predicted_source']})" if t["predicted_source"] else ""
+    where = t["predicted_for"]
+    lines = [
+        "## Speedup: theoretical, predicted, measured (the paper's Table IV)",
+        "",
+        f"Predicted: the `{r['search']['cost']['name'] if r['search']['cost']['name'] == 'latency' else 'latency'}` cost model "
+        f"for `{where['target']}` at batch {where['batch_size']}, {where['threads']} threads{source}. "
+        "Measured: ONNX Runtime on this host.",
+        "",
+        "| theoretical (MACs) | predicted" + source.replace(" (", ", ").rstrip(")") + " | " + " | ".join(f"measured, batch {b}" for b in t["measured_host"]) +
+        " | " + " | ".join(f"measured / theoretical, batch {b}" for b in t["measured_host"]) + " |",
+        "|---|---|" + "---|" * (2 * len(t["measured_host"])),
+        f"| {_ratio(t['theoretical'])} | {_ratio(t['predicted'])} | "
+        + " | ".join(_ratio(v) for v in t["measured_host"].values()) + " | "
+        + " | ".join(f"{v:.2f}" for v in t["measured_over_theoretical"].values()) + " |",
+        "",
+    ]
+    rows = [row for row in r["table_iv"]["layers"] if row["theoretical"] and (row["theoretical"] != 1.0 or row.get("predicted"))]
+    if any("predicted" in row for row in rows):
+        lines += ["| layer | theoretical | predicted ms before → after | predicted |", "|---|---|---|---|"]
+        for row in rows:
+            if "predicted" in row:
+                before, after = row["predicted_ms"]
+                lines.append(f"| {row['layer']} | {_ratio(row['theoretical'])} | {before:.4f} → {after:.4f} | {_ratio(row['predicted'])} |")
+        lines.append("")
+    return lines
 
 
 def _pct(x: float | None) -> str:
@@ -268,6 +345,8 @@ def render_markdown(r: dict, plots: list[str]) -> str:
     lines += [
         f"| MACs | {b['macs']:,} | {c['macs']:,} ({c['macs'] / b['macs']:.1%}) |",
         f"| parameters | {b['params']:,} | {c['params']:,} ({c['params'] / b['params']:.1%}) |",
+        *([f"| latency on `{r['target']['id']}`, batch {r['target']['batch_size']}, {b['latency_source']} | "
+           f"{b['latency_ms']:.3f} ms | {c['latency_ms']:.3f} ms |"] if "latency_ms" in b else []),
         "",
         f"Theoretical speedup (MACs): **{r['speedup']['theoretical']:.2f}×**",
         "",
@@ -300,6 +379,7 @@ def render_markdown(r: dict, plots: list[str]) -> str:
                     f"| {key.removeprefix('batch_')} | {v['baseline_ms']:.3f} | {v['compressed_ms']:.3f} | **{v['speedup']:.2f}×** | {v['repeats']} |"
                 )
         lines.append("")
+    lines += _table_iv_markdown(r)
     ft = r.get("finetuning")
     if ft:
         cfg_ft = ft["config"]

@@ -36,6 +36,8 @@ STATE = "state"
 # what has already been computed.
 RESUMABLE_CHANGES = frozenset({
     "iterations", "resume", "overwrite", "debug", "measure_budget_s", "threads", "no_measure", "test_data", "command",
+    # A run directory may be moved or copied (e.g. from another machine) and resumed there.
+    "out",
     # Where candidates are evaluated does not change their accuracy.
     "executor", "workers", "ray_address",
     # Fine-tuning runs after the search; its own checkpoint checks its settings.

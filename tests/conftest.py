@@ -33,6 +33,15 @@ def randomise_batchnorm(module: torch.nn.Module, seed: int = 0) -> torch.nn.Modu
     return module.eval()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_user_latency_tables(tmp_path_factory):
+    """Latency tables in the user's cache (~/.cache/adans/lut) must not change what tests see."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ADANS_LUT_DIR", str(tmp_path_factory.mktemp("lut")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -154,3 +154,7 @@ def test_console_script_exit_code_and_debug_traceback(example_paths, tmp_path):
     assert lines[-1].startswith("adans-compile: error:") and "Traceback" not in plain.stderr
     debug = subprocess.run([*argv, "--debug"], capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_missing_latency_table(capsys, base, tmp_path):
+    expect_error(capsys, [*base, "--cost", "latency", "--lut", str(tmp_path / "nope.json")], "--lut", "does not exist", "adans-profile")
