@@ -201,7 +201,7 @@ def build_report(*, cfg, inputs, space, boundary, score, result, best, plan, bas
             "feasible_samples": sum(1 for e in result.history if e.info.get("feasible")),
             "history_samples": len(result.history),
             "iterations_log": [
-                {k: getattr(s, k) for k in ("iteration", "alpha", "n_good", "mean_good_f", "best_f", "e_avg", "n_evaluations", "elapsed_s")}
+                {k: getattr(s, k) for k in ("iteration", "alpha", "n_good", "mean_good_f", "best_f", "e_avg", "e_range", "n_evaluations", "elapsed_s")}
                 for s in result.iterations
             ],
         },
@@ -414,12 +414,16 @@ def render_markdown(r: dict, plots: list[str]) -> str:
         "",
         f"Score: {s['score']['formula']}, accuracy floor {s['score']['accuracy_floor']:.2f} points.",
         "",
-        "| iteration | α_t | good | mean f(S_g) | best f | e_avg |",
-        "|---|---|---|---|---|---|",
+        "e_avg is the paper's mean |f − f̃|/|f| of the reconstruction; it explodes when infeasible candidates score "
+        "near 0, so e_range (mean |f − f̃| over the range of f seen so far) is given beside it.",
+        "",
+        "| iteration | α_t | good | mean f(S_g) | best f | e_avg | e_range |",
+        "|---|---|---|---|---|---|---|",
     ]
     for it in s["iterations_log"]:
-        e = "—" if it["e_avg"] is None else f"{it['e_avg']:.3f}"
-        lines.append(f"| {it['iteration']} | {it['alpha']:.2f} | {it['n_good']} | {it['mean_good_f']:.4f} | {it['best_f']:.4f} | {e} |")
+        e = "—" if it["e_avg"] is None else f"{it['e_avg']:.3g}"
+        e_range = "—" if it.get("e_range") is None else f"{it['e_range']:.3f}"
+        lines.append(f"| {it['iteration']} | {it['alpha']:.2f} | {it['n_good']} | {it['mean_good_f']:.4f} | {it['best_f']:.4f} | {e} | {e_range} |")
     lines.append("")
     for p in plots:
         lines += [f"![{p}]({p})", ""]

@@ -187,10 +187,12 @@ def _parse(line: str, dim: int | None) -> dict[str, Any]:
                 raise _Malformed("info is not an object")
         elif kind == "iteration":
             for name in IterationSummary.field_names():
+                if name == "e_range" and name not in record:
+                    continue  # journals written before e_range existed
                 value = record[name]
                 if name in ("iteration", "n_good", "n_evaluations"):
                     _integer(value)
-                elif not (name == "e_avg" and value is None):
+                elif not (name in ("e_avg", "e_range") and value is None):
                     _number(value)
         else:
             raise _Malformed(f"unknown record type {kind!r}")
@@ -209,6 +211,7 @@ def _summary(record: dict[str, Any]) -> IterationSummary:
         e_avg=None if record["e_avg"] is None else float(record["e_avg"]),
         n_evaluations=record["n_evaluations"],
         elapsed_s=float(record["elapsed_s"]),
+        e_range=None if record.get("e_range") is None else float(record["e_range"]),
     )
 
 

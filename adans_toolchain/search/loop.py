@@ -158,6 +158,7 @@ def _iteration(
         e_avg=None if predicted is None else recon.relative_error(predicted, scores),
         n_evaluations=int(all_fs.size),
         elapsed_s=time.perf_counter() - start,
+        e_range=None if predicted is None else recon.range_error(predicted, scores, all_fs),
     )
     return evaluations, summary
 

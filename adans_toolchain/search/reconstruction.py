@@ -183,3 +183,12 @@ def relative_error(predicted: np.ndarray, actual: np.ndarray) -> float | None:
         return None
     error = float(np.mean(np.abs(actual[nonzero] - predicted[nonzero]) / np.abs(actual[nonzero])))
     return error if np.isfinite(error) else None
+
+
+def range_error(predicted: np.ndarray, actual: np.ndarray, history: np.ndarray) -> float | None:
+    """mean |f − f̃| / (max f − min f over `history`); None if the range is 0 or it is not finite."""
+    spread = float(np.max(history) - np.min(history)) if np.size(history) else 0.0
+    if not spread > 0:
+        return None
+    error = float(np.mean(np.abs(np.asarray(actual, np.float64) - np.asarray(predicted, np.float64)))) / spread
+    return error if np.isfinite(error) else None

@@ -65,6 +65,11 @@ class IterationSummary:
                    evaluated (paper §VI); None when there was nothing to
                    fit (iteration 0, or a history of one sample), when the
                    analysis is off, or when every f of the batch is 0.
+    e_range        mean |f − f̃| over the batch divided by the range of f
+                   over the history so far (max − min). The paper's e_avg
+                   divides by each |f|, which explodes when scores are near
+                   0 (an infeasible pruning plan scores ~1e-30), so it is
+                   reported with this scale-free companion. None as e_avg.
     n_evaluations  cumulative number of evaluations after this iteration.
     elapsed_s      wall seconds this iteration took (proposal, evaluation,
                    analysis, journal write). It is the only nondeterministic
@@ -79,6 +84,7 @@ class IterationSummary:
     e_avg: float | None
     n_evaluations: int
     elapsed_s: float = field(compare=False)
+    e_range: float | None = None
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -130,3 +130,16 @@ def test_bad_arguments_are_clear_value_errors(bump, kwargs, message):
     settings = dict(dim=2, samples=3, iterations=2) | kwargs
     with pytest.raises(ValueError, match=message):
         maximize(bump, **settings)
+
+
+def test_range_error_stays_meaningful_where_the_relative_error_explodes():
+    # A pruning-like score: most of the box is "infeasible" and scores ~1e-30.
+    def cliff(x):
+        return np.where(x.sum(axis=1) < 0.8, 0.5 + 0.1 * x.sum(axis=1), 1e-30)
+
+    result = maximize(cliff, 2, samples=8, iterations=5, seed=0)
+    later = result.iterations[1:]
+    assert all(s.e_range is not None and 0 <= s.e_range < 10 for s in later)
+    assert max(s.e_avg for s in later) > 1e6  # |f - f~| / |f| with f ~ 1e-30
+    # Old journals (no e_range) still load: the field defaults to None.
+    assert IterationSummary(0, 0.5, 3, 1.0, 2.0, None, 10, elapsed_s=0.1).e_range is None
