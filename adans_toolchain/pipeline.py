@@ -6,6 +6,7 @@ the order of ARCHITECTURE.md's data flow, and decides what is written to OUT.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
@@ -102,6 +103,9 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
     # measurements use the host's cores; the target's own thread count only
     # enters its cost model (which prices the model as run there).
     threads = cfg.threads or usable_cores()
+    if target.id == "host" and cfg.threads:
+        # On the host the model is run the way this process runs it.
+        target = dataclasses.replace(target, threads=cfg.threads)
     torch.set_num_threads(threads)
     prep = Preprocessing(
         mean=tuple(cfg.mean) if cfg.mean else IMAGENET_MEAN,
