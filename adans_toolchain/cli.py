@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .errors import AdansError
+from .cli_errors import run_reporting_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,24 +157,18 @@ def _list_targets() -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    try:
+
+    def compile_and_summarise() -> int:
         if args.list_targets:
             return _list_targets()
         from .pipeline import compile_model
         from .progress import Progress
 
-        cfg = _config_from_args(args, argv)
-        report = compile_model(cfg, Progress())
-    except AdansError as e:
-        if args.debug:
-            raise
-        print(f"adans-compile: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("adans-compile: interrupted; continue with --resume", file=sys.stderr)
-        return 130
-    _print_summary(report, Path(args.resume if isinstance(args.resume, str) else args.out))
-    return 0
+        report = compile_model(_config_from_args(args, argv), Progress())
+        _print_summary(report, Path(args.resume if isinstance(args.resume, str) else args.out))
+        return 0
+
+    return run_reporting_errors("adans-compile", compile_and_summarise, debug=args.debug, on_interrupt="continue with --resume")
 
 
 def _print_summary(report: dict, out: Path) -> None:

@@ -23,7 +23,12 @@ class Timing:
     repeats: int
 
 
-def make_session(model: onnx.ModelProto, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+def session_options(threads: int, *, profile_prefix: str | None = None, optimized_path: str | None = None):
+    """How every adans session runs a model: `threads` intra-op threads, sequential, full graph optimisation.
+
+    The profiler (profiling/timing.py) times single kernels with these same
+    options, so its table describes the runtime the measurements use.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -32,7 +37,18 @@ def make_session(model: onnx.ModelProto, threads: int, providers: tuple[str, ...
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    return options
+
+
+def make_session(model: onnx.ModelProto, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=list(providers))
 
 
 def compare_latency(

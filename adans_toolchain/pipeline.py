@@ -44,7 +44,8 @@ from .sites import layer_sites, parse_methods
 from .search import SAMPLER_NAMES, maximize
 from .space import CompressionSpace
 from .transforms.plan_transform import PlanTransform
-from .workspace import EvaluationCache, Workspace, atomic_write_bytes, atomic_write_text
+from .fileio import atomic_write_bytes, atomic_write_text
+from .workspace import EvaluationCache, Workspace
 
 DEFAULT_MAX_DROP = 2.0
 

@@ -12,7 +12,7 @@ from cost_models import workload_macs, workload_params
 from . import __version__
 from .analysis.graph import Graph
 from .analysis.workload import graph_workload, plan_workload
-from .workspace import atomic_write_text
+from .fileio import atomic_write_text
 
 
 def _versions() -> dict:

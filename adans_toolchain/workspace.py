@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import OutputError, SearchStateError
+from .fileio import atomic_write_bytes, atomic_write_text
 
 CONFIG = "config.json"
 HISTORY = "history.jsonl"
@@ -43,24 +43,6 @@ RESUMABLE_CHANGES = frozenset({
     # Fine-tuning runs after the search; its own checkpoint checks its settings.
     "train_data", "finetune_epochs", "finetune_lr", "finetune_batch_size", "distill", "finetune_baseline",
 })
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 class Workspace:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import SearchStateError
 from ..frontend.data import ImageSet
-from ..workspace import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import AdansError, ConfigError, InputError
+from ..cli_errors import run_reporting_errors
+from ..errors import ConfigError, InputError
 
 # Built-in models to profile without a checkpoint (weights do not change
 # latency): name -> (architecture for --arch, default input size).
@@ -103,55 +104,53 @@ def _models(args, progress):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return run_reporting_errors(
+        "adans-profile", lambda: _profile(args), debug=args.debug,
+        on_interrupt="the table holds every family finished so far (run again to resume)",
+    )
+
+
+def _profile(args) -> int:
+    from cost_models import LookupTableError
+    from targets import UnknownTargetError, load_target
+
+    from .grid import GridRule
+    from .profiler import profile
+    from .timing import TimingConfig
+
     try:
-        from cost_models import LookupTableError
-        from targets import UnknownTargetError, load_target
+        target = load_target(args.target)
+    except UnknownTargetError as e:
+        raise ConfigError(str(e)) from e
+    batches = tuple(sorted(set(args.batch or [1, target.batch_size])))
+    if min(batches) < 1 or (args.threads is not None and args.threads < 1):
+        raise ConfigError("--batch and --threads must be >= 1")
+    if target.provider != "CPUExecutionProvider":
+        import onnxruntime as ort
 
-        from .grid import GridRule
-        from .profiler import profile
-        from .timing import TimingConfig
+        if target.provider not in ort.get_available_providers():
+            raise ConfigError(
+                f"target {target.id} runs on {target.provider}, which this ONNX Runtime does not have "
+                f"({', '.join(ort.get_available_providers())}); profile on the device, with its ONNX Runtime build"
+            )
+    out = Path(args.out).expanduser() if args.out else target.lut_location()
+    start = time.perf_counter()
 
-        try:
-            target = load_target(args.target)
-        except UnknownTargetError as e:
-            raise ConfigError(str(e)) from e
-        batches = tuple(sorted(set(args.batch or [1, target.batch_size])))
-        if min(batches) < 1 or (args.threads is not None and args.threads < 1):
-            raise ConfigError("--batch and --threads must be >= 1")
-        if target.provider != "CPUExecutionProvider":
-            import onnxruntime as ort
+    def progress(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f}s] {msg}", flush=True)
 
-            if target.provider not in ort.get_available_providers():
-                raise ConfigError(
-                    f"target {target.id} runs on {target.provider}, which this ONNX Runtime does not have "
-                    f"({', '.join(ort.get_available_providers())}); profile on the device, with its ONNX Runtime build"
-                )
-        out = Path(args.out).expanduser() if args.out else target.lut_location()
-        start = time.perf_counter()
-
-        def progress(msg: str) -> None:
-            print(f"[{time.perf_counter() - start:6.0f}s] {msg}", flush=True)
-
-        models = _models(args, progress)
-        rule = GridRule(align=args.align, dense_limit=args.dense_limit)
-        timing = TimingConfig(rounds=args.rounds, max_runs=args.max_runs, ms_per_pack=args.ms_per_pack)
-        try:
-            table = profile(models, target, out, batches=batches, threads=args.threads, rule=rule, timing=timing,
-                            resume=not args.no_resume, calibration=args.calibration, progress=progress)
-        except LookupTableError as e:
-            raise InputError(str(e)) from e
-        skipped = table.header.get("skipped", [])
-        progress(f"wrote {out}: {len(table.families)} families"
-                 + (f"; {len(skipped)} not profiled (see header.skipped)" if skipped else ""))
-        return 0
-    except AdansError as e:
-        if args.debug:
-            raise
-        print(f"adans-profile: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("adans-profile: interrupted; the table holds every family finished so far (run again to resume)", file=sys.stderr)
-        return 130
+    models = _models(args, progress)
+    rule = GridRule(align=args.align, dense_limit=args.dense_limit)
+    timing = TimingConfig(rounds=args.rounds, max_runs=args.max_runs, ms_per_pack=args.ms_per_pack)
+    try:
+        table = profile(models, target, out, batches=batches, threads=args.threads, rule=rule, timing=timing,
+                        resume=not args.no_resume, calibration=args.calibration, progress=progress)
+    except LookupTableError as e:
+        raise InputError(str(e)) from e
+    skipped = table.header.get("skipped", [])
+    progress(f"wrote {out}: {len(table.families)} families"
+             + (f"; {len(skipped)} not profiled (see header.skipped)" if skipped else ""))
+    return 0
 
 
 if __name__ == "__main__":

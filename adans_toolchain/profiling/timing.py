@@ -44,6 +44,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..measure import session_options
 from .graphs import HELPER, INPUT, OUTPUT, KernelGraph
 
 TRUNCATION_US = 0.5
@@ -79,23 +80,6 @@ class GraphTiming:
     in_reorder_ms: float | None  # boundary reorder times (min), when present
     out_reorder_ms: float | None
     node_types: tuple[str, ...]
-
-
-def session_options(threads: int, *, profile_prefix: str | None = None, optimized_path: str | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    if optimized_path:
-        options.optimized_model_filepath = optimized_path
-    return options
 
 
 # -- packing --------------------------------------------------------------------

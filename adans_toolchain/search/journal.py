@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
 from adans_toolchain.errors import SearchStateError
+from adans_toolchain.fileio import atomic_write_chunks
 from adans_toolchain.search.types import Evaluation, IterationSummary
 
 VERSION = 1
@@ -101,34 +101,9 @@ def iteration_text(evaluations: Iterable[Evaluation], summary: IterationSummary)
 
 
 def write_new(path: Path, header: dict[str, Any], chunks: Iterable[str] = ()) -> None:
-    """Atomically (re)write the journal: temp file in the same folder, fsync, replace."""
-    fd, temp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(json.dumps(header) + "\n")
-            for chunk in chunks:
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable; not every platform can open a folder."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Atomically (re)write the journal: the header line, then the given lines."""
+    lines = (text.encode("utf-8") for text in (json.dumps(header) + "\n", *chunks))
+    atomic_write_chunks(path, lines)
 
 
 def open_for_append(path: Path) -> BinaryIO:

@@ -1,0 +1,53 @@
+"""Atomic file replacement, shared by the search journal and the output directory.
+
+A file is written to a temporary name in the same folder, flushed to disk and
+renamed over the target, and the rename itself is made durable: a killed
+process leaves either the old file or the new one, never half of one. Only
+the standard library, so the numpy-only search engine can use it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    fsync_folder(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write_chunks(path, (data,))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_chunks(path, (text.encode("utf-8"),))
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename durable; not every platform can open a folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
