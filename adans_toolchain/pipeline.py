@@ -16,25 +16,26 @@ import numpy as np
 import onnx
 import torch
 
-from targets.host import usable_cores
 from targets import Target, UnknownTargetError, load_target
+from targets.host import usable_cores
 
 from . import report as report_writer
 from .analysis.channels import ChannelAnalysis, analyse_channels
 from .analysis.graph import Graph
 from .analysis.workload import plan_workloads
-from .costing import predicted_latency, report_latency_model, search_cost_model
 from .boundary import characterise_boundary, initial_batch
 from .config import CompileConfig
+from .costing import predicted_latency, report_latency_model, search_cost_model
+from .emit import finetune_model, lower_plan, simplify, top1
 from .errors import ConfigError, DataError, InputError
 from .evaluation import SubstitutionEvaluator, original_weights
 from .executors import EvaluatorSpec, make_executor
+from .fileio import atomic_write_bytes, atomic_write_text
 from .frontend.data import IMAGENET_MEAN, IMAGENET_STD, ImageSet, Preprocessing, load_image_set
 from .frontend.export import export_onnx
 from .frontend.models import load_model
 from .frontend.onnx_model import OnnxModel, check_onnx_runs_on
 from .onnx_evaluation import OnnxEvaluator
-from .emit import finetune_model, lower_plan, simplify, top1
 from .finetune.train import FinetuneConfig
 from .measure import measured_speedup
 from .plan import Plan
@@ -44,7 +45,6 @@ from .sites import layer_sites, parse_methods
 from .search import SAMPLER_NAMES, maximize
 from .space import CompressionSpace
 from .transforms.plan_transform import PlanTransform
-from .fileio import atomic_write_bytes, atomic_write_text
 from .workspace import EvaluationCache, Workspace
 
 DEFAULT_MAX_DROP = 2.0
@@ -67,10 +67,10 @@ class _Inputs:
 def check_config(cfg: CompileConfig) -> tuple[str, ...]:
     """Validate the settings; returns the canonical method list."""
     methods = parse_methods(cfg.methods)
-    if methods == ("pn",) and cfg.cost == "macs":
+    if methods == ("pn",) and cfg.cost in ("macs", "latency"):
         raise ConfigError(
-            "unstructured pruning alone does not change MACs (dense kernels run the zeros); "
-            "search it with --cost memory, or combine it with ps or d"
+            f"unstructured pruning alone does not change {'MACs' if cfg.cost == 'macs' else 'latency'} "
+            "(dense kernels run the zeros); search it with --cost memory, or combine it with ps or d"
         )
     if cfg.sampler not in SAMPLER_NAMES:
         raise ConfigError(f"unknown sampler '{cfg.sampler}'; choose one of {', '.join(SAMPLER_NAMES)}")

@@ -158,3 +158,9 @@ def test_console_script_exit_code_and_debug_traceback(example_paths, tmp_path):
 
 def test_missing_latency_table(capsys, base, tmp_path):
     expect_error(capsys, [*base, "--cost", "latency", "--lut", str(tmp_path / "nope.json")], "--lut", "does not exist", "adans-profile")
+
+
+@pytest.mark.parametrize("cost", ["macs", "latency"])
+def test_unstructured_pruning_alone_needs_a_cost_it_changes(capsys, base, cost):
+    line = expect_error(capsys, [*base, "--methods", "pn", "--cost", cost], "unstructured pruning alone", "--cost memory")
+    assert ("MACs" if cost == "macs" else "latency") in line

@@ -1,0 +1,188 @@
+"""End-to-end compile benchmarks: run `adans-compile` on real models and data, record the figures.
+
+Suites (each job is one real compile; a killed job resumes where it stopped):
+
+  spine          ResNet-56 (CIFAR-10) and MobileNetV2 (ImageNet) structured pruning,
+                 --max-accuracy-drop 2, no fine-tuning                  (issue 2)
+  decomposition  ResNet-56 with ps / d / d,ps at the same constraint, and
+                 MobileNetV2 with svd on its 1x1 convolutions            (issue 4)
+  executors      evaluations per second: ResNet-20 on this CPU, local and Ray
+                 with 1, 2 and 4 workers; the paper's b=100, T=50 search  (issue 7)
+  finetune       ResNet-56: search at a low threshold, then fine-tune     (issue 8)
+
+    python tools/bench_compile.py --suite spine            # run (or resume) the jobs
+    python tools/bench_compile.py --suite spine --write-md # render BENCHMARKS.md section
+
+Data: ../shared/data (CIFAR-10 lossless images and ResNet weights; ImageNet
+val_1300 converted by tools/prepare_imagenet.py into runs/data/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+RUNS = ROOT / "runs" / "bench_compile"
+CIFAR_VAL = ["--data", f"{SHARED}/cifar10/train_lossless_4000.npz", "--val-limit", "1000",
+             "--test-data", f"{SHARED}/cifar10/test_lossless_1017.npz"]
+RESNET56 = [f"{SHARED}/cifar10_resnets/resnet56.th", "--arch", "cifar_resnet56", *CIFAR_VAL]
+RESNET20 = [f"{SHARED}/cifar10_resnets/resnet20.th", "--arch", "cifar_resnet20", *CIFAR_VAL]
+IMAGENET = ["--data", str(ROOT / "runs/data/imagenet224_val.npz"), "--test-data", str(ROOT / "runs/data/imagenet224_test.npz")]
+MOBILENET_V2 = [f"{SHARED}/imagenet/mobilenet_v2.pth", "--arch", "torchvision:mobilenet_v2", *IMAGENET]
+
+# Budgets are sized for a shared 2-core CPU (each job runs on one thread so
+# two jobs can share the machine); on a GPU raise --samples/--iterations to
+# the paper's b = 100, T = 50.
+ONE_THREAD = ["--threads", "1"]
+RESNET56_SEARCH = ["--samples", "16", "--iterations", "6", "--boundary-rounds", "3", "--bn-recalibrate", "256", *ONE_THREAD]
+MOBILENET_SEARCH = ["--samples", "10", "--iterations", "4", "--boundary-rounds", "2", "--bn-recalibrate", "128",
+                    "--batch-size", "100", *ONE_THREAD]
+RESNET20_SEARCH = ["--samples", "16", "--iterations", "6", "--boundary-rounds", "3", "--bn-recalibrate", "256", *ONE_THREAD]
+LUT = str(ROOT / "runs/lut/host-1thread.json")  # profiled by tools/bench_latency.py at 1 thread
+
+SUITES: dict[str, dict[str, list[str]]] = {
+    "spine": {
+        "resnet56-ps": [*RESNET56, "--methods", "ps", "--max-accuracy-drop", "2", *RESNET56_SEARCH],
+        "mobilenet_v2-ps": [*MOBILENET_V2, "--methods", "ps", "--max-accuracy-drop", "2", *MOBILENET_SEARCH],
+    },
+    "decomposition": {
+        "resnet56-d,ps": [*RESNET56, "--methods", "d,ps", "--max-accuracy-drop", "2", *RESNET56_SEARCH[:4],
+                          "--boundary-rounds", "2", *RESNET56_SEARCH[6:]],
+        "resnet56-d": [*RESNET56, "--methods", "d", "--max-accuracy-drop", "2", *RESNET56_SEARCH[:4],
+                       "--boundary-rounds", "2", *RESNET56_SEARCH[6:]],
+        "mobilenet_v2-svd": [*MOBILENET_V2, "--methods", "svd", "--max-accuracy-drop", "2", *MOBILENET_SEARCH],
+    },
+    "executors": {
+        "resnet20-local-b100": [*RESNET20, "--samples", "100", "--iterations", "3", "--bn-recalibrate", "0",
+                                "--boundary-rounds", "2", "--max-accuracy-drop", "2", "--no-measure", *ONE_THREAD],
+        **{
+            f"resnet20-ray{w}": [*RESNET20, "--executor", "ray", "--workers", str(w), "--samples", "40", "--iterations", "3",
+                                 "--bn-recalibrate", "0", "--boundary-rounds", "2", "--max-accuracy-drop", "2", "--no-measure"]
+            for w in (1, 2)
+        },
+    },
+    "latency": {
+        "resnet20-macs": [*RESNET20, "--cost", "macs", "--lut", LUT, "--max-accuracy-drop", "2", *RESNET20_SEARCH],
+        "resnet20-latency": [*RESNET20, "--cost", "latency", "--lut", LUT, "--max-accuracy-drop", "2", *RESNET20_SEARCH],
+    },
+    "finetune": {
+        "resnet56-ps-finetune": [*RESNET56, "--methods", "ps", "--max-accuracy-drop", "8", *RESNET56_SEARCH,
+                                 "--train-data", f"{SHARED}/cifar10/train_lossless_4000.npz", "--finetune-epochs", "6",
+                                 "--distill"],
+    },
+}
+
+
+def run_job(suite: str, name: str, argv: list[str]) -> Path:
+    out = RUNS / suite / name
+    exe = str(Path(sys.executable).parent / "adans-compile")  # the adans of this interpreter
+    resume = ["--resume"] if (out / "config.json").exists() else []
+    if (out / "report.json").exists():
+        return out
+    cmd = [exe, *argv, "-o", str(out), *resume]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print("$", shlex.join(cmd), flush=True)
+    with open(out.parent / f"{name}.log", "a") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return out
+
+
+def _machine() -> str:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def _row(name: str, r: dict) -> str:
+    b, c, s = r["baseline"], r["compressed"], r["speedup"]
+    m = s.get("measured_host", {})
+    measured = " / ".join(f"{m[k]['speedup']:.2f}×" for k in ("batch_1", "batch_32") if k in m) or "—"
+    test = (f"{b['top1_test']:.2f} → {c['top1_test']:.2f}" if "top1_test" in c else "—")
+    before_ft = c.get("top1_test_before_finetune")
+    if before_ft is not None:
+        test += f" (before fine-tuning {before_ft:.2f})"
+    search = r["search"]
+    t = r["timings_s"]
+    predicted = f"{s['predicted']:.2f}×" if "predicted" in s else "—"
+    if "predicted" in s and "measured" not in s.get("predicted_source", ""):
+        predicted += " (est.)"
+    ratio = " / ".join(f"{m[k]['speedup'] / s['theoretical']:.2f}" for k in ("batch_1", "batch_32") if k in m) or "—"
+    return (
+        f"| {name} | {', '.join(search['methods'])} | {search['cost']['name']} | {b['top1_val']:.2f} → {c['top1_val']:.2f} | {test} | "
+        f"{c['macs'] / b['macs']:.1%} | {s['theoretical']:.2f}× | {predicted} | {measured} | {ratio} | {search['evaluations']} | "
+        f"{search['evaluations_per_s']:.2f} | {t.get('search_s', 0) / 60:.1f} | {t['total_s'] / 60:.1f} |"
+    )
+
+
+def render(suite: str) -> str:
+    rows = []
+    for name, argv in SUITES[suite].items():
+        report = RUNS / suite / name / "report.json"
+        if report.exists():
+            rows.append((name, argv, json.loads(report.read_text())))
+    date = datetime.date.today().isoformat()
+    lines = [
+        f"### Suite `{suite}` (tools/bench_compile.py)",
+        "",
+        f"Machine: {_machine()}. Date: {date}. Each row is one `adans-compile` run; command lines below.",
+        "Accuracy in %, VAL = the images the search scored, TEST = held-out images; MACs = compressed / baseline;",
+        "theoretical = MACs ratio; predicted = the latency cost model for the target (est. = roofline estimate, no table);",
+        "measured = ONNX Runtime on this host, batch 1 / batch 32 (min of interleaved repetitions), and measured / theoretical;",
+        "time in minutes.",
+        "",
+        "| job | methods | cost | top-1 VAL | top-1 TEST | MACs | theoretical | predicted | measured | measured / theoretical | evaluations | eval/s | search min | total min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [_row(name, r) for name, _, r in rows]
+    lines += ["", "Commands:", ""]
+    lines += [f"- `{name}`: `{r['command']}`" for name, _, r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(suite: str, heading: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = f"## {heading}\n\n" + render(suite)
+    pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    path.write_text(text)
+
+
+HEADINGS = {
+    "spine": "Compile end to end (issue 2)",
+    "decomposition": "Decomposition and joint search (issue 4)",
+    "executors": "Search speed and executors (issue 7)",
+    "finetune": "Accuracy recovery (issue 8)",
+    "latency": "Latency-driven vs MACs-driven search (issue 5)",
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--suite", choices=sorted(SUITES), required=True)
+    p.add_argument("--jobs", nargs="*", help="only these jobs of the suite")
+    p.add_argument("--write-md", action="store_true", help="render the suite's section of BENCHMARKS.md and exit")
+    args = p.parse_args()
+    if args.write_md:
+        write_markdown(args.suite, HEADINGS[args.suite])
+        return
+    for name, argv in SUITES[args.suite].items():
+        if not args.jobs or name in args.jobs:
+            run_job(args.suite, name, argv)
+
+
+if __name__ == "__main__":
+    main()
