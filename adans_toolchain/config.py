@@ -58,4 +58,8 @@ class CompileConfig:
     def resume_key(self) -> dict:
         """The settings recorded in OUT/config.json and compared on --resume."""
         d = asdict(self)
+        if self.cost != "latency":
+            # The table then only feeds the report's predicted latency, not the search:
+            # a finished MACs search can be resumed with a table to re-report it.
+            d.pop("lut")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -407,7 +407,9 @@ def render_markdown(r: dict, plots: list[str]) -> str:
         "",
         "## Search",
         "",
-        f"Sampler `{s['sampler']}`, cost `{s['cost']['name']}`, b = {s['samples']}, T = {s['iterations']}, "
+        f"Sampler `{s['sampler']}`, cost `{s['cost']['name']}`"
+        + (f" ({s['cost']['latency_source']})" if s["cost"].get("latency_source") else "")
+        + f", b = {s['samples']}, T = {s['iterations']}, "
         f"priority `{s['priority']}`; threshold {s['accuracy_threshold']:.2f} % on VAL; "
         f"{s['evaluations']} evaluations ({s['cache_hits']} repeated plans served from cache), "
         f"{s['evaluations_per_s']:.2f} evaluations/s; {s['feasible_samples']} of {s['history_samples']} samples feasible.",
