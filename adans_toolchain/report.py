@@ -275,6 +275,10 @@ def write_report(out: Path, report: dict, result) -> None:
     atomic_write_text(out / "report.md", render_markdown(report, plots))
 
 
+def _threads(n) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
 def _ratio(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}×"
 
@@ -289,7 +293,7 @@ def _table_iv_markdown(r: dict) -> list[str]:
         "## Speedup: theoretical, predicted, measured (the paper's Table IV)",
         "",
         f"Predicted: the `{r['search']['cost']['name'] if r['search']['cost']['name'] == 'latency' else 'latency'}` cost model "
-        f"for `{where['target']}` at batch {where['batch_size']}, {where['threads']} threads{source}. "
+        f"for `{where['target']}` at batch {where['batch_size']}, {_threads(where['threads'])}{source}. "
         "Measured: ONNX Runtime on this host.",
         "",
         "| theoretical (MACs) | predicted" + source.replace(" (", ", ").rstrip(")") + " | " + " | ".join(f"measured, batch {b}" for b in t["measured_host"]) +
@@ -368,7 +372,7 @@ def render_markdown(r: dict, plots: list[str]) -> str:
     m = r["speedup"].get("measured_host")
     if m:
         lines += [
-            f"Measured on this host (ONNX Runtime, {m['threads']} threads, minimum of interleaved repetitions):",
+            f"Measured on this host (ONNX Runtime, {_threads(m['threads'])}, minimum of interleaved repetitions):",
             "",
             "| batch | baseline ms | compressed ms | measured speedup | repetitions |",
             "|---|---|---|---|---|",
