@@ -326,13 +326,19 @@ def _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_mo
     timings["search_s"] = time.perf_counter() - t
     feasible = [e for e in result.history if e.info.get("feasible")]
     notes = list(evaluator.notes)
-    if feasible:
-        best = max(feasible, key=lambda e: e.f)
-        best_plan = space.decode(best.x)
-    else:
-        best = None
-        best_plan = identity
+    best = max(feasible, key=lambda e: e.f) if feasible else None
+    best_plan = identity if best is None else space.decode(best.x)
+    if best is None:
         notes.append("no candidate met the accuracy threshold; the emitted model is the uncompressed baseline")
+    elif best.info["cost_ratio"] >= 1.0:
+        # Possible with a latency cost: channel counts off the runtime's SIMD blocking
+        # can make every pruned candidate slower than the original.
+        notes.append(
+            f"no candidate that met the accuracy threshold costs less than the baseline (the best costs "
+            f"{best.info['cost_ratio']:.1%} of it by the {cfg.cost} model); the emitted model is the uncompressed baseline"
+            + ("; try --round-to 8 (or 16), which keeps channel counts the runtime runs fast" if cfg.cost == "latency" else "")
+        )
+        best, best_plan = None, identity
 
     progress.step("lowering the best plan and validating it numerically")
     t = time.perf_counter()

@@ -115,3 +115,28 @@ def test_search_minimises_the_chosen_cost_model(cost, tmp_path, example_paths):
         assert best["cost_ratio"] == pytest.approx(r["compressed"]["cost"][unit] / r["baseline"]["cost"][unit], rel=1e-6)
     assert r["table_iv"]["model"]["predicted_for"]["target"] == "cortex-a57"
     assert r["table_iv"]["model"]["predicted_for"]["threads"] == 4
+
+
+def test_baseline_is_emitted_when_no_candidate_is_cheaper(tmp_path, example_paths, monkeypatch):
+    """A cost under which every compressed candidate costs more (as latency can, off the SIMD blocking)."""
+    import numpy as np
+
+    from cost_models import CostModel, workload_macs
+    from adans_toolchain import pipeline
+
+    class PruningIsExpensive(CostModel):
+        name, unit = "inverse-macs", "units"
+
+        def estimate(self, workloads):
+            return np.array([1e9 / workload_macs(w) for w in workloads])
+
+    monkeypatch.setattr(pipeline, "search_cost_model", lambda cost, target, lut: PruningIsExpensive(target))
+    out = tmp_path / "out"
+    argv = [str(example_paths["model"]), "--arch", "cifar_resnet20", "--data", str(example_paths["val"]), *TINY,
+            "--no-measure", "--bn-recalibrate", "0", "-o", str(out)]
+    assert main(argv) == 0
+    r = json.loads((out / "report.json").read_text())
+    assert r["search"]["feasible_samples"] > 0 and r["search"]["best"] is None
+    assert r["compressed"]["macs"] == r["baseline"]["macs"]
+    assert any("costs less than the baseline" in n for n in r["notes"])
+    assert Plan.from_json((out / "plan.json").read_text()).is_identity
