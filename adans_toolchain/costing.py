@@ -11,6 +11,7 @@ errors here, because `cost_models/` must not import the toolchain's errors.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 from cost_models import (
@@ -72,6 +73,4 @@ def predicted_latency(model: LatencyCostModel, analysis, plans: Sequence, batch:
 
 
 def _is_file(path: str) -> bool:
-    from pathlib import Path
-
     return Path(path).expanduser().is_file()

@@ -112,6 +112,14 @@ def _prefix(i: int) -> str:
     return f"b{i}_"
 
 
+def _prefixed(proto, prefix: str):
+    """A copy of a named proto (initializer, graph input or output) with `prefix` before its name."""
+    copy = type(proto)()
+    copy.CopyFrom(proto)
+    copy.name = prefix + proto.name
+    return copy
+
+
 def merge_graphs(graphs: list[KernelGraph]) -> onnx.ModelProto:
     """Disconnected branches in one model; every name of branch i is prefixed `b{i}_`."""
     nodes, inits, inputs, outputs = [], [], [], []
@@ -124,21 +132,9 @@ def merge_graphs(graphs: list[KernelGraph]) -> onnx.ModelProto:
             m.input[:] = [p + x if x else x for x in n.input]
             m.output[:] = [p + x if x else x for x in n.output]
             nodes.append(m)
-        for t in g.model.graph.initializer:
-            c = onnx.TensorProto()
-            c.CopyFrom(t)
-            c.name = p + t.name
-            inits.append(c)
-        for v in g.model.graph.input:
-            c = onnx.ValueInfoProto()
-            c.CopyFrom(v)
-            c.name = p + v.name
-            inputs.append(c)
-        for v in g.model.graph.output:
-            c = onnx.ValueInfoProto()
-            c.CopyFrom(v)
-            c.name = p + v.name
-            outputs.append(c)
+        inits += [_prefixed(t, p) for t in g.model.graph.initializer]
+        inputs += [_prefixed(v, p) for v in g.model.graph.input]
+        outputs += [_prefixed(v, p) for v in g.model.graph.output]
     model = helper.make_model(helper.make_graph(nodes, "adans_pack", inputs, outputs, inits),
                               opset_imports=list(graphs[0].model.opset_import))
     model.ir_version = graphs[0].model.ir_version
