@@ -29,7 +29,7 @@ from .costing import predicted_latency, report_latency_model, search_cost_model
 from .emit import finetune_model, lower_plan, simplify, top1
 from .errors import ConfigError, DataError, InputError
 from .evaluation import SubstitutionEvaluator, original_weights
-from .executors import EvaluatorSpec, make_executor
+from .executors import EvaluatorSpec, evaluation_chunk, make_executor
 from .fileio import atomic_write_bytes, atomic_write_text
 from .frontend.data import IMAGENET_MEAN, IMAGENET_STD, ImageSet, Preprocessing, load_image_set
 from .frontend.export import export_onnx
@@ -233,9 +233,12 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
         cfg.executor, evaluator, lambda: _evaluator_spec(inputs, transform, cfg, evaluator.precision),
         workers=cfg.workers, ray_address=cfg.ray_address,
     )
+    run = _Run(cfg, inputs, evaluator, executor, transform, space, cost_model, score, cache, ws, identity, progress, timings, t0)
     try:
-        return _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_model, score, cache, ws, identity,
-                                progress, timings, t0)
+        boundary, result, stats = _search(run)
+        notes = list(evaluator.notes)
+        best, best_plan = _select_plan(run, result, notes)
+        return _emit(run, boundary, result, stats, best, best_plan, notes)
     finally:
         executor.close()
 
@@ -248,12 +251,33 @@ def _evaluator_spec(inputs: _Inputs, transform, cfg: CompileConfig, precision: s
     )
 
 
-def _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_model, score, cache, ws, identity, progress, timings, t0):
-    analysis = inputs.analysis
-    threshold = score.accuracy_threshold
-    baseline_cost = score.baseline_cost
-    stats = {"evaluated": 0, "cached": 0, "eval_seconds": 0.0, "executor": executor.describe(),
-             "precision": getattr(evaluator, "precision", "fp32")}
+@dataclass
+class _Run:
+    """What the search, the plan selection and the emission of one compile share."""
+
+    cfg: CompileConfig
+    inputs: _Inputs
+    evaluator: SubstitutionEvaluator | OnnxEvaluator
+    executor: object
+    transform: PlanTransform
+    space: CompressionSpace
+    cost_model: object
+    score: AdaNSScore
+    cache: EvaluationCache
+    ws: Workspace
+    identity: Plan
+    progress: Progress
+    timings: dict[str, float]
+    t0: float
+
+
+def _search(run: _Run):
+    """Boundary characterisation, then AdaNS; every evaluation goes through the resumable cache."""
+    cfg, space, cache, score, progress, timings = run.cfg, run.space, run.cache, run.score, run.progress, run.timings
+    analysis, batch = run.inputs.analysis, run.inputs.target.batch_size
+    threshold, baseline_cost = score.accuracy_threshold, score.baseline_cost
+    stats = {"evaluated": 0, "cached": 0, "eval_seconds": 0.0, "executor": run.executor.describe(),
+             "precision": getattr(run.evaluator, "precision", "fp32")}
 
     def accuracies(xs: np.ndarray) -> np.ndarray:
         xs = np.atleast_2d(xs)
@@ -262,11 +286,16 @@ def _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_mo
         for k, x in zip(keys, xs):
             if cache.get(k) is None and k not in missing:
                 missing[k] = x
-        if missing:
+        # Evaluated and written in chunks: a bisection round can be a hundred or more
+        # evaluations, and a run killed mid-round keeps every finished chunk.
+        pending = list(missing.items())
+        chunk = evaluation_chunk(run.executor.workers)
+        for i in range(0, len(pending), chunk):
+            part = pending[i:i + chunk]
             start = time.perf_counter()
-            acc = executor.accuracy(space.decode_batch(np.array(list(missing.values()))))
+            acc = run.executor.accuracy(space.decode_batch(np.array([x for _, x in part])))
             stats["eval_seconds"] += time.perf_counter() - start
-            cache.put_many([{"key": k, "accuracy": float(a)} for k, a in zip(missing, acc)])
+            cache.put_many([{"key": k, "accuracy": float(a)} for (k, _), a in zip(part, acc)])
         stats["evaluated"] += len(missing)
         stats["cached"] += len(xs) - len(missing)
         return np.array([cache.get(k)["accuracy"] for k in keys])
@@ -275,7 +304,7 @@ def _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_mo
     progress.step(f"boundary characterisation: bisection on {space.dim} coordinates ({len(space.sites)} sites)")
     # On resume every evaluation below is a cache hit, so this costs nothing.
     boundary = characterise_boundary(accuracies, space.levels, threshold, rounds=cfg.boundary_rounds)
-    ws.save_json("boundary.json", boundary.as_dict())
+    run.ws.save_json("boundary.json", boundary.as_dict())
     timings["boundary_s"] = time.perf_counter() - t
     progress.step(
         f"boundary: mean theta {boundary.theta.mean():.2f}, feasible diagonal scale {boundary.diagonal_scale:.2f} "
@@ -287,7 +316,7 @@ def _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_mo
     def objective(xs: np.ndarray):
         acc = accuracies(xs)
         plans = space.decode_batch(xs)
-        costs = cost_model.estimate(plan_workloads(analysis, plans, batch=inputs.target.batch_size))
+        costs = run.cost_model.estimate(plan_workloads(analysis, plans, batch=batch))
         f = score(acc, costs)
         feasible = score.feasible(acc)
         if feasible.any():
@@ -319,15 +348,20 @@ def _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_mo
         lower=np.zeros(space.dim),
         upper=boundary.theta,
         init=init,
-        journal=ws.history_path,
+        journal=run.ws.history_path,
         callback=on_iteration,
     )
     progress.done()
     timings["search_s"] = time.perf_counter() - t
+    return boundary, result, stats
+
+
+def _select_plan(run: _Run, result, notes: list[str]):
+    """The best feasible candidate, or the baseline when none is feasible and cheaper (with a note saying why)."""
+    cfg, identity = run.cfg, run.identity
     feasible = [e for e in result.history if e.info.get("feasible")]
-    notes = list(evaluator.notes)
     best = max(feasible, key=lambda e: e.f) if feasible else None
-    best_plan = identity if best is None else space.decode(best.x)
+    best_plan = identity if best is None else run.space.decode(best.x)
     if best is None:
         notes.append("no candidate met the accuracy threshold; the emitted model is the uncompressed baseline")
     elif best.info["cost_ratio"] >= 1.0:
@@ -339,7 +373,13 @@ def _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_mo
             + ("; try --round-to 8 (or 16), which keeps channel counts the runtime runs fast" if cfg.cost == "latency" else "")
         )
         best, best_plan = None, identity
+    return best, best_plan
 
+
+def _emit(run: _Run, boundary, result, stats: dict, best, best_plan: Plan, notes: list[str]) -> dict:
+    """Lower, validate, measure (and fine-tune if asked) the chosen plan; write OUT and the report."""
+    cfg, inputs, evaluator, progress, timings = run.cfg, run.inputs, run.evaluator, run.progress, run.timings
+    analysis, transform = inputs.analysis, run.transform
     progress.step("lowering the best plan and validating it numerically")
     t = time.perf_counter()
     baseline_onnx = simplify(inputs.onnx_model)
@@ -359,7 +399,7 @@ def _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_mo
     finetuning = None
     if cfg.finetune_epochs:
         t = time.perf_counter()
-        finetuning, emitted, baseline_onnx = _finetune(cfg, inputs, emitted, baseline_onnx, ws, progress, accuracy)
+        finetuning, emitted, baseline_onnx = _finetune(cfg, inputs, emitted, baseline_onnx, run.ws, progress, accuracy)
         timings["finetune_s"] = time.perf_counter() - t
     measured = None
     if not cfg.no_measure:
@@ -370,8 +410,8 @@ def _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_mo
             time_budget_s=cfg.measure_budget_s,
         )
         timings["measure_s"] = time.perf_counter() - t
-    latency = _predicted_latency(cfg, inputs, cost_model, identity, best_plan, notes)
-    timings["total_s"] = time.perf_counter() - t0
+    latency = _predicted_latency(cfg, inputs, run.cost_model, run.identity, best_plan, notes)
+    timings["total_s"] = time.perf_counter() - run.t0
 
     out = Path(cfg.out)
     atomic_write_bytes(out / "baseline.onnx", baseline_onnx.SerializeToString())
@@ -380,9 +420,9 @@ def _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_mo
     report = report_writer.build_report(
         cfg=cfg,
         inputs=inputs,
-        space=space,
+        space=run.space,
         boundary=boundary,
-        score=score,
+        score=run.score,
         result=result,
         best=best,
         plan=best_plan,
@@ -396,7 +436,7 @@ def _search_and_emit(cfg, inputs, evaluator, executor, transform, space, cost_mo
         stats=stats,
         timings=timings,
         notes=notes,
-        cost_model=cost_model,
+        cost_model=run.cost_model,
         latency=latency,
     )
     report_writer.write_report(out, report, result)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
 from pathlib import Path
 
 from cost_models import workload_macs, workload_params
@@ -323,7 +322,7 @@ def render_markdown(r: dict, plots: list[str]) -> str:
     b, c = r["baseline"], r["compressed"]
     s = r["search"]
     lines = [
-        f"# adans compile report",
+        "# adans compile report",
         "",
         f"Model: {r['model']['description']} — input {r['model']['input_shape']}  ",
         f"Target: `{r['target']['id']}` ({r['target']['description']})  ",

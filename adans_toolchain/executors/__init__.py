@@ -5,13 +5,13 @@ a given seed the search history is the same whatever the executor and the
 number of workers.
 """
 
-from .base import Executor, chunk_bounds
+from .base import Executor, chunk_bounds, evaluation_chunk
 from .local import LocalExecutor
 from .spec import EvaluatorSpec
 
 EXECUTOR_NAMES = ("local", "multi-gpu", "ray")
 
-__all__ = ["EXECUTOR_NAMES", "EvaluatorSpec", "Executor", "LocalExecutor", "chunk_bounds", "make_executor"]
+__all__ = ["EXECUTOR_NAMES", "EvaluatorSpec", "Executor", "LocalExecutor", "chunk_bounds", "evaluation_chunk", "make_executor"]
 
 
 def make_executor(name: str, evaluator, spec_factory, *, workers: int | None = None, ray_address: str | None = None) -> Executor:

@@ -23,6 +23,17 @@ def chunk_bounds(n: int, workers: int) -> list[tuple[int, int]]:
     return bounds
 
 
+# Evaluations per worker between two writes of the evaluation cache: small
+# enough that a killed run loses little, large enough that remote workers
+# stay busy (each chunk is split across all of them).
+EVALUATIONS_PER_WORKER_PER_CHUNK = 8
+
+
+def evaluation_chunk(workers: int) -> int:
+    """How many plans to evaluate before the results are written to the cache."""
+    return EVALUATIONS_PER_WORKER_PER_CHUNK * max(1, workers)
+
+
 class Executor(ABC):
     name: str = "executor"
 

@@ -6,7 +6,7 @@
 # bias: mobilenet_v1_0.5_160.pth, mobilenet_v1_0.75_192.pth). Copied unchanged below the line; only the
 # `tf_mobilenet_v1` factory and TF_MOBILENET_V1 table at the end were added for adans' built-in `--arch` names.
 # -----------------------------------------------------------------------------------------------------------
-import math, torch, torch.nn as nn, torch.nn.functional as F
+import math, torch.nn as nn, torch.nn.functional as F
 DW_STRIDES = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
 BASE = [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024]
 class Conv2dSame(nn.Conv2d):

@@ -31,10 +31,9 @@ BUILTINS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .grid import GridRule
     from .timing import TimingConfig
 
-    g, t = GridRule(), TimingConfig()
+    t = TimingConfig()
     p = argparse.ArgumentParser(
         prog="adans-profile",
         description="Time single-kernel ONNX graphs in ONNX Runtime on this device, over the channel counts the "

@@ -26,7 +26,6 @@ family's work, and `resume` skips everything already measured.
 from __future__ import annotations
 
 import datetime as _dt
-from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from math import prod
 from pathlib import Path

@@ -11,6 +11,7 @@ import onnx
 import pytest
 
 from adans_toolchain.cli import main
+from adans_toolchain.executors import LocalExecutor, evaluation_chunk
 from adans_toolchain.plan import Plan
 from adans_toolchain.validate import run_onnx
 
@@ -80,6 +81,38 @@ def test_resume_of_a_finished_run_evaluates_nothing_new(compiled, example_paths,
     assert (compiled / "state" / "evaluations.jsonl").read_text() == before
     r = json.loads((compiled / "report.json").read_text())
     assert r["search"]["evaluations"] == 0 and r["search"]["resumed_from_iteration"] == 3
+
+
+def test_a_run_killed_mid_batch_keeps_finished_chunks_and_resumes_to_the_same_result(
+    compiled, example_paths, tmp_path, monkeypatch
+):
+    out = tmp_path / "killed"
+    common = [str(example_paths["model"]), "--arch", "cifar_resnet20", "--data", str(example_paths["val"]),
+              "--test-data", str(example_paths["test"]), *TINY, "--no-measure"]
+    chunk = evaluation_chunk(1)
+    evaluated = {"n": 0}
+    original = LocalExecutor.accuracy
+
+    def killed_after_one_chunk(self, plans):
+        evaluated["n"] += len(plans)
+        if evaluated["n"] > chunk:
+            raise KeyboardInterrupt  # Ctrl-C during the first bisection round
+        return original(self, plans)
+
+    monkeypatch.setattr(LocalExecutor, "accuracy", killed_after_one_chunk)
+    assert main([*common, "-o", str(out)]) == 130
+    kept = (out / "state" / "evaluations.jsonl").read_text().splitlines()
+    assert len(kept) == chunk  # the first bisection round has more coordinates than one chunk
+
+    monkeypatch.setattr(LocalExecutor, "accuracy", original)
+    assert main([*common, "--resume", str(out)]) == 0
+    resumed = json.loads((out / "report.json").read_text())
+    first = json.loads((compiled / "report.json").read_text())
+    assert resumed["search"]["evaluations"] == first["search"]["evaluations"] - chunk
+    assert sorted((out / "state" / "evaluations.jsonl").read_text().splitlines()) == sorted(
+        (compiled / "state" / "evaluations.jsonl").read_text().splitlines()
+    )
+    assert Plan.from_json((out / "plan.json").read_text()) == Plan.from_json((compiled / "plan.json").read_text())
 
 
 def test_report_predicts_latency_on_the_target_and_builds_table_iv(compiled):

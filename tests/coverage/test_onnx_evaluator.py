@@ -15,7 +15,6 @@ import torch
 from adans_toolchain.evaluation import SubstitutionEvaluator, original_weights
 from adans_toolchain.frontend.data import ImageSet
 from adans_toolchain.onnx_evaluation import OnnxEvaluator
-from adans_toolchain.plan import Plan
 from adans_toolchain.sites import layer_sites
 from adans_toolchain.space import CompressionSpace
 from adans_toolchain.transforms.plan_transform import PlanTransform

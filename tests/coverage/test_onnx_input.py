@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import pytest
 import torch
 
 from tests.conftest import randomise_batchnorm

@@ -9,7 +9,6 @@ import onnx
 import pytest
 import torch
 
-from adans_toolchain.cli import main
 from adans_toolchain.errors import ModelLoadError
 from adans_toolchain.frontend.models import build_architecture, builtin_arch_names, load_model
 from adans_toolchain.models.cifar_resnet import cifar_resnet
