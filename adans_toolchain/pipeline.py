@@ -279,6 +279,8 @@ def _search(run: _Run):
     stats = {"evaluated": 0, "cached": 0, "eval_seconds": 0.0, "executor": run.executor.describe(),
              "precision": getattr(run.evaluator, "precision", "fp32")}
 
+    bisection_round = {"live": False, "number": 0}
+
     def accuracies(xs: np.ndarray) -> np.ndarray:
         xs = np.atleast_2d(xs)
         keys = [cache.key(space.states(x)) for x in xs]
@@ -290,12 +292,21 @@ def _search(run: _Run):
         # evaluations, and a run killed mid-round keeps every finished chunk.
         pending = list(missing.items())
         chunk = evaluation_chunk(run.executor.workers)
+        # A bisection round can run for an hour on a CPU: show it advancing. Per-site
+        # rounds are the boundary's first calls (the diagonal's single points follow).
+        bisection_round["number"] += bisection_round["live"]
+        show = bisection_round["live"] and len(pending) > chunk
         for i in range(0, len(pending), chunk):
             part = pending[i:i + chunk]
             start = time.perf_counter()
             acc = run.executor.accuracy(space.decode_batch(np.array([x for _, x in part])))
             stats["eval_seconds"] += time.perf_counter() - start
             cache.put_many([{"key": k, "accuracy": float(a)} for (k, _), a in zip(part, acc)])
+            if show:
+                progress.bar(i + len(part), len(pending), f"bisection round {bisection_round['number']}/{cfg.boundary_rounds}  "
+                             f"({(stats['evaluated'] + i + len(part)) / max(stats['eval_seconds'], 1e-9):.2f} eval/s)")
+        if show:
+            progress.done()
         stats["evaluated"] += len(missing)
         stats["cached"] += len(xs) - len(missing)
         return np.array([cache.get(k)["accuracy"] for k in keys])
@@ -303,7 +314,9 @@ def _search(run: _Run):
     t = time.perf_counter()
     progress.step(f"boundary characterisation: bisection on {space.dim} coordinates ({len(space.sites)} sites)")
     # On resume every evaluation below is a cache hit, so this costs nothing.
+    bisection_round["live"] = True
     boundary = characterise_boundary(accuracies, space.levels, threshold, rounds=cfg.boundary_rounds)
+    bisection_round["live"] = False
     run.ws.save_json("boundary.json", boundary.as_dict())
     timings["boundary_s"] = time.perf_counter() - t
     progress.step(

@@ -84,7 +84,7 @@ def test_resume_of_a_finished_run_evaluates_nothing_new(compiled, example_paths,
 
 
 def test_a_run_killed_mid_batch_keeps_finished_chunks_and_resumes_to_the_same_result(
-    compiled, example_paths, tmp_path, monkeypatch
+    compiled, example_paths, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "killed"
     common = [str(example_paths["model"]), "--arch", "cifar_resnet20", "--data", str(example_paths["val"]),
@@ -103,6 +103,9 @@ def test_a_run_killed_mid_batch_keeps_finished_chunks_and_resumes_to_the_same_re
     assert main([*common, "-o", str(out)]) == 130
     kept = (out / "state" / "evaluations.jsonl").read_text().splitlines()
     assert len(kept) == chunk  # the first bisection round has more coordinates than one chunk
+    err = capsys.readouterr().err
+    assert f"{chunk}/" in err and "bisection round 1/2" in err  # the long round shows it advancing
+    assert "interrupted" in err
 
     monkeypatch.setattr(LocalExecutor, "accuracy", original)
     assert main([*common, "--resume", str(out)]) == 0
