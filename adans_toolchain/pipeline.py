@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,9 +280,7 @@ def _search(run: _Run):
     stats = {"evaluated": 0, "cached": 0, "eval_seconds": 0.0, "executor": run.executor.describe(),
              "precision": getattr(run.evaluator, "precision", "fp32")}
 
-    bisection_round = {"live": False, "number": 0}
-
-    def accuracies(xs: np.ndarray) -> np.ndarray:
+    def accuracies(xs: np.ndarray, progress_label: str | None = None) -> np.ndarray:
         xs = np.atleast_2d(xs)
         keys = [cache.key(space.states(x)) for x in xs]
         missing = {}
@@ -292,10 +291,7 @@ def _search(run: _Run):
         # evaluations, and a run killed mid-round keeps every finished chunk.
         pending = list(missing.items())
         chunk = evaluation_chunk(run.executor.workers)
-        # A bisection round can run for an hour on a CPU: show it advancing. Per-site
-        # rounds are the boundary's first calls (the diagonal's single points follow).
-        bisection_round["number"] += bisection_round["live"]
-        show = bisection_round["live"] and len(pending) > chunk
+        show = progress_label is not None and len(pending) > chunk
         for i in range(0, len(pending), chunk):
             part = pending[i:i + chunk]
             start = time.perf_counter()
@@ -303,8 +299,8 @@ def _search(run: _Run):
             stats["eval_seconds"] += time.perf_counter() - start
             cache.put_many([{"key": k, "accuracy": float(a)} for (k, _), a in zip(part, acc)])
             if show:
-                progress.bar(i + len(part), len(pending), f"bisection round {bisection_round['number']}/{cfg.boundary_rounds}  "
-                             f"({(stats['evaluated'] + i + len(part)) / max(stats['eval_seconds'], 1e-9):.2f} eval/s)")
+                rate = (stats["evaluated"] + i + len(part)) / max(stats["eval_seconds"], 1e-9)
+                progress.bar(i + len(part), len(pending), f"{progress_label}  ({rate:.2f} eval/s)")
         if show:
             progress.done()
         stats["evaluated"] += len(missing)
@@ -314,9 +310,14 @@ def _search(run: _Run):
     t = time.perf_counter()
     progress.step(f"boundary characterisation: bisection on {space.dim} coordinates ({len(space.sites)} sites)")
     # On resume every evaluation below is a cache hit, so this costs nothing.
-    bisection_round["live"] = True
-    boundary = characterise_boundary(accuracies, space.levels, threshold, rounds=cfg.boundary_rounds)
-    bisection_round["live"] = False
+    # A bisection round can run for an hour on a CPU, so it shows a bar. Each call is
+    # one per-site round; the diagonal's single points that follow never fill a bar.
+    rounds = itertools.count(1)
+
+    def bisection_accuracies(xs: np.ndarray) -> np.ndarray:
+        return accuracies(xs, f"bisection round {next(rounds)}/{cfg.boundary_rounds}")
+
+    boundary = characterise_boundary(bisection_accuracies, space.levels, threshold, rounds=cfg.boundary_rounds)
     run.ws.save_json("boundary.json", boundary.as_dict())
     timings["boundary_s"] = time.perf_counter() - t
     progress.step(
