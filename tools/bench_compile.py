@@ -50,15 +50,18 @@ MOBILENET_SEARCH = ["--samples", "10", "--iterations", "4", "--boundary-rounds",
                     "--batch-size", "100", *ONE_THREAD]
 RESNET20_SEARCH = ["--samples", "16", "--iterations", "6", "--boundary-rounds", "3", "--bn-recalibrate", "256", *ONE_THREAD]
 LUT = str(ROOT / "runs/lut/host-1thread.json")  # profiled by tools/bench_latency.py at 1 thread
+# The spine's ResNet-56 search; the jobs seeded from it (SEED_FROM) must run the same
+# command, or resuming the copied run would be refused.
+RESNET56_PS = [*RESNET56, "--methods", "ps", "--max-accuracy-drop", "2", *RESNET56_SEARCH]
 
 SUITES: dict[str, dict[str, list[str]]] = {
     "spine": {
-        "resnet56-ps": [*RESNET56, "--methods", "ps", "--max-accuracy-drop", "2", *RESNET56_SEARCH],
+        "resnet56-ps": RESNET56_PS,
         "mobilenet_v2-ps": [*MOBILENET_V2, "--methods", "ps", "--max-accuracy-drop", "2", *MOBILENET_SEARCH],
     },
     "decomposition": {
         # The spine suite's run (the same constraint), re-reported here beside d and d,ps.
-        "resnet56-ps": [*RESNET56, "--methods", "ps", "--max-accuracy-drop", "2", *RESNET56_SEARCH],
+        "resnet56-ps": RESNET56_PS,
         # 86 sites / 141 coordinates (Tucker-2 has two ranks): two bisection rounds and
         # four iterations keep these near the ps job's total evaluations.
         "resnet56-d,ps": [*RESNET56, "--methods", "d,ps", "--max-accuracy-drop", "2", "--samples", "16", "--iterations", "4",
@@ -89,7 +92,7 @@ SUITES: dict[str, dict[str, list[str]]] = {
     # the spine suite's resnet56-ps run, resumed with the table so its report predicts from it
     # (the table does not change a MACs search; see `seed_from`).
     "latency": {
-        "resnet56-macs": [*RESNET56, "--methods", "ps", "--max-accuracy-drop", "2", *RESNET56_SEARCH, "--lut", LUT],
+        "resnet56-macs": [*RESNET56_PS, "--lut", LUT],
         "resnet56-latency": [*RESNET56, "--methods", "ps", "--max-accuracy-drop", "2", *RESNET56_SEARCH, "--lut", LUT,
                              "--cost", "latency"],
         "resnet20-macs": [*RESNET20, "--cost", "macs", "--lut", LUT, "--max-accuracy-drop", "8", *RESNET20_SEARCH],
@@ -112,11 +115,15 @@ SUITES: dict[str, dict[str, list[str]]] = {
 SEED_FROM = {("latency", "resnet56-macs"): ("spine", "resnet56-ps"), ("decomposition", "resnet56-ps"): ("spine", "resnet56-ps")}
 
 
+def _job_dir(suite: str, name: str) -> Path:
+    return RUNS / suite / name
+
+
 def run_job(suite: str, name: str, argv: list[str]) -> Path:
-    out = RUNS / suite / name
+    out = _job_dir(suite, name)
     source = SEED_FROM.get((suite, name))
-    if source and not out.exists() and (RUNS / source[0] / source[1] / "report.json").exists():
-        shutil.copytree(RUNS / source[0] / source[1], out)
+    if source and not out.exists() and (_job_dir(*source) / "report.json").exists():
+        shutil.copytree(_job_dir(*source), out)
         (out / "report.json").unlink()
     exe = str(Path(sys.executable).parent / "adans-compile")  # the adans of this interpreter
     resume = ["--resume"] if (out / "config.json").exists() else []
@@ -163,13 +170,13 @@ def _row(name: str, r: dict) -> str:
 def render(suite: str) -> str:
     rows = []
     for name, argv in SUITES[suite].items():
-        report = RUNS / suite / name / "report.json"
+        report = _job_dir(suite, name) / "report.json"
         if report.exists():
             r = json.loads(report.read_text())
             source = SEED_FROM.get((suite, name))
-            if source and (RUNS / source[0] / source[1] / "report.json").exists():
+            if source and (_job_dir(*source) / "report.json").exists():
                 # A re-reported copy evaluates nothing new: its search figures are the source's.
-                first = json.loads((RUNS / source[0] / source[1] / "report.json").read_text())
+                first = json.loads((_job_dir(*source) / "report.json").read_text())
                 r["search"], r["timings_s"] = first["search"], first["timings_s"]
                 name = f"{name} (search of {source[0]}/{source[1]})"
             rows.append((name, argv, r))
