@@ -10,7 +10,7 @@ import torchvision
 from adans_toolchain.analysis.channels import ChannelAnalysis, analyse_channels
 from adans_toolchain.analysis.graph import Graph
 from adans_toolchain.frontend.export import export_onnx
-from adans_toolchain.models.cifar_resnet import cifar_resnet
+from adans_toolchain.frontend.architectures.cifar_resnet import cifar_resnet
 
 
 @dataclass

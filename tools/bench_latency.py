@@ -54,7 +54,7 @@ def load(name: str, data_dir: Path) -> Loaded:
     from adans_toolchain.analysis.channels import analyse_channels
     from adans_toolchain.analysis.graph import Graph
     from adans_toolchain.frontend.export import export_onnx
-    from adans_toolchain.frontend.models import load_model
+    from adans_toolchain.frontend.loading import load_model
 
     rel, arch, shape = MODELS[name]
     module = load_model(data_dir / rel, arch).module
@@ -64,7 +64,7 @@ def load(name: str, data_dir: Path) -> Loaded:
 
 def make_plans(analysis, count: int, seed: int, *, round_to: int = 8):
     """Random per-group pruning rates; every third plan rounds kept counts to multiples of `round_to`."""
-    from adans_toolchain.space import CompressionSpace
+    from adans_toolchain.plan.space import CompressionSpace
 
     rng = np.random.default_rng(seed)
     groups = analysis.prunable_groups
@@ -115,7 +115,8 @@ def in_context_ms(model, image_shape, batch: int, threads: int, runtime: dict, *
 
     import onnxruntime as ort
 
-    from adans_toolchain.profiling.timing import _node_durations, session_options
+    from adans_toolchain.profiling.timing import _node_durations
+    from adans_toolchain.runtime.sessions import session_options
 
     with tempfile.TemporaryDirectory() as tmp:
         s = ort.InferenceSession(model.SerializeToString(), session_options(threads, profile_prefix=os.path.join(tmp, "p")),
@@ -139,9 +140,9 @@ def percentile_errors(pred, meas) -> dict:
 
 def run(args) -> dict:
     from adans_toolchain.analysis.graph import Graph
-    from adans_toolchain.analysis.workload import graph_workload, plan_workloads
+    from adans_toolchain.plan.workload import graph_workload, plan_workloads
     from adans_toolchain.lowering import CheckModelPass, SimplifyPass, run_passes
-    from adans_toolchain.measure import compare_latency
+    from adans_toolchain.runtime.measure import compare_latency
     from adans_toolchain.profiling.profiler import ModelToProfile, profile
     from cost_models import make_cost_model
     from targets import load_target

@@ -248,7 +248,7 @@ def run_part(part: Part, args: argparse.Namespace) -> None:
 def write_2d_figure(part: Part) -> None:
     """The paper's Fig. 10 view: AdaNS-Gaussian's samples over the 2-D function (seed 0)."""
     from adans_toolchain.search import maximize
-    from adans_toolchain.search.plots import plot_samples_2d
+    from adans_toolchain.reporting.plots import plot_samples_2d
 
     problem = problems.multimodal_2d("narrow")
     result = maximize(problem.fn, 2, sampler="gaussian", samples=part.budget.batch, iterations=part.budget.iterations, seed=0)

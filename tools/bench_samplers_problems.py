@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from scipy.optimize import minimize
 
-from adans_toolchain.scoring import AdaNSScore
+from adans_toolchain.search.scoring import AdaNSScore
 
 
 @dataclass(frozen=True)

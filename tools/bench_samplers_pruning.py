@@ -63,7 +63,7 @@ class PruningObjective:
         return np.array([self.cache.get(k)["accuracy"] for k in keys])
 
     def __call__(self, xs: np.ndarray):
-        from adans_toolchain.analysis.workload import plan_workloads
+        from adans_toolchain.plan.workload import plan_workloads
 
         xs = np.atleast_2d(xs)
         acc = self.accuracies(xs)
@@ -78,7 +78,7 @@ class PruningObjective:
 
     def characterise(self) -> None:
         """The pipeline's boundary characterisation (cached evaluations: free on reruns)."""
-        from adans_toolchain.boundary import characterise_boundary
+        from adans_toolchain.search.boundary import characterise_boundary
 
         sizes = np.array([s.size for s in self.space.sites])
         self.boundary = characterise_boundary(self.accuracies, sizes, self.score.accuracy_threshold)
@@ -111,7 +111,7 @@ class PruningObjective:
 
     def initial_batch(self, n: int, seed: int) -> np.ndarray:
         """The pipeline's initial batch for this seed (same generator seeding)."""
-        from adans_toolchain.boundary import initial_batch
+        from adans_toolchain.search.boundary import initial_batch
 
         return initial_batch(self.boundary, n, np.random.default_rng([seed, 2**31 - 1]))
 
@@ -122,16 +122,16 @@ def build(out_dir: Path, val_size: int, threads: int) -> PruningObjective:
 
     from adans_toolchain.analysis.channels import analyse_channels
     from adans_toolchain.analysis.graph import Graph
-    from adans_toolchain.analysis.workload import plan_workloads
-    from adans_toolchain.evaluation import SubstitutionEvaluator
+    from adans_toolchain.plan.workload import plan_workloads
+    from adans_toolchain.evaluation.substitution import SubstitutionEvaluator
     from adans_toolchain.frontend.data import Preprocessing, load_image_set
     from adans_toolchain.frontend.export import export_onnx
-    from adans_toolchain.frontend.models import load_model
+    from adans_toolchain.frontend.loading import load_model
     from adans_toolchain.plan import Plan
-    from adans_toolchain.scoring import AdaNSScore
-    from adans_toolchain.space import CompressionSpace
+    from adans_toolchain.search.scoring import AdaNSScore
+    from adans_toolchain.plan.space import CompressionSpace
     from adans_toolchain.transforms.channel_pruning import ChannelPruningTransform
-    from adans_toolchain.workspace import EvaluationCache
+    from adans_toolchain.pipeline.workspace import EvaluationCache
     from cost_models import make_cost_model
     from targets import load_target
 

@@ -127,7 +127,7 @@ def random_weights(arch: str, path: Path, seed: int = 0) -> Path:
     """Random weights with non-trivial BatchNorm statistics (identity BatchNorms would hide slicing bugs)."""
     import torch
 
-    from adans_toolchain.frontend.models import build_architecture
+    from adans_toolchain.frontend.loading import build_architecture
 
     torch.manual_seed(seed)
     module = build_architecture(arch).eval()
@@ -147,7 +147,7 @@ def to_onnx(arch: str, weights: Path, size: int, path: Path, mode: str) -> Path:
     """Export the way a user would: torch.onnx.export, names as the exporter makes them."""
     import torch
 
-    from adans_toolchain.frontend.models import load_model
+    from adans_toolchain.frontend.loading import load_model
 
     module = load_model(weights, arch).module.eval()
     training = torch.onnx.TrainingMode.PRESERVE if mode == "keep-bn" else torch.onnx.TrainingMode.EVAL
@@ -177,7 +177,7 @@ def run_row(row: Row, work: Path, threads: int) -> dict:
     argv = [*model_args, "--data", str(data), "--methods", row.methods, *row.extra, *budget,
             "--bn-recalibrate", str(images), "--threads", str(threads), "--no-measure", "--overwrite", "-o", str(out)]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "adans_toolchain.cli", *argv], cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "adans_toolchain.cli.compile", *argv], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     seconds = time.perf_counter() - start
     result = {"row": row.name, "weights": "real" if real else "random", "input": row.size, "images": images,

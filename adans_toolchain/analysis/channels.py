@@ -35,7 +35,7 @@ import onnx
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .graph import PROBE_BATCH, Graph, attributes
+from adans_toolchain.analysis.graph import PROBE_BATCH, Graph, attributes
 
 PRODUCER, CONSUMER, CHANNELWISE = "producer", "consumer", "channelwise"
 
@@ -89,10 +89,6 @@ class ChannelAnalysis:
     @property
     def frozen_groups(self) -> list[ChannelGroup]:
         return [g for g in self.groups if not g.prunable]
-
-    def bindings_for(self, tensor: str) -> list[ParamBinding]:
-        return [b for b in self.bindings if b.tensor == tensor]
-
 
 # ---------------------------------------------------------------------------
 # Operator classes

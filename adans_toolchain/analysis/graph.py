@@ -87,7 +87,7 @@ class Graph:
 
     # -- shape probing -----------------------------------------------------
     def _probe(self, image_shape: tuple[int, ...] | None) -> None:
-        import onnxruntime as ort
+        from adans_toolchain.runtime.sessions import make_session
 
         graph_input = self.model.graph.input[0]
         if image_shape is None:
@@ -105,10 +105,7 @@ class Graph:
                 if out and out not in existing and elem_types.get(out):
                     probe.graph.output.append(onnx.helper.make_tensor_value_info(out, elem_types[out], None))
                     existing.add(out)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.log_severity_level = 3
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = make_session(probe, threads=1, optimize=False)
         rng = np.random.default_rng(0)
         feed = {graph_input.name: rng.standard_normal(feed_shape).astype(np.float32)}
         names = [o.name for o in session.get_outputs()]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
-from .graph import Graph, attributes
+from adans_toolchain.analysis.graph import Graph, attributes
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from ..analysis.graph import attributes
-from ..errors import LoweringError
+from adans_toolchain.analysis.graph import attributes
+from adans_toolchain.errors import LoweringError
 
 
 def _key(name: str) -> str:
@@ -37,7 +37,7 @@ def _key(name: str) -> str:
 class OnnxModule(nn.Module):
     def __init__(self, model: onnx.ModelProto, image_shape: tuple[int, ...] | None = None) -> None:
         super().__init__()
-        from ..analysis.graph import Graph
+        from adans_toolchain.analysis.graph import Graph
 
         # Subgraphs that do not depend on the input (shape arithmetic the
         # exporter left unfolded) are evaluated once, by the shape probe.

@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import SearchStateError
-from ..frontend.data import ImageSet
-from ..fileio import atomic_write_bytes
+from adans_toolchain.errors import SearchStateError
+from adans_toolchain.frontend.data import ImageSet
+from adans_toolchain.fileio import atomic_write_bytes
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import onnx
 import torch
 import torch.nn as nn
 
-from ..errors import ModelLoadError
+from adans_toolchain.errors import ModelLoadError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from ..errors import DataError, ModelLoadError
+from adans_toolchain.errors import DataError, ModelLoadError
 
 BATCH_DIM = "batch"
 
@@ -48,12 +48,9 @@ class OnnxModel(nn.Module):
 
     def _get_session(self):
         if self._session is None:
-            import onnxruntime as ort
+            from adans_toolchain.runtime.sessions import make_session
 
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            options.intra_op_num_threads = self.threads or torch.get_num_threads()
-            self._session = ort.InferenceSession(self.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            self._session = make_session(self.model, self.threads or torch.get_num_threads())
         return self._session
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +66,7 @@ class OnnxModel(nn.Module):
 
 def load_onnx_model(path: str | Path):
     """Read, check and normalise an ONNX file; returns a frontend.models.LoadedModel."""
-    from .models import LoadedModel
+    from adans_toolchain.frontend.loading import LoadedModel
 
     path = Path(path)
     try:

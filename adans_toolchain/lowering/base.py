@@ -8,7 +8,7 @@ from typing import Sequence
 
 import onnx
 
-from ..errors import LoweringError
+from adans_toolchain.errors import LoweringError
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..analysis.channels import ChannelAnalysis
-from ..analysis.graph import attributes
-from ..errors import LoweringError
-from ..plan import Plan
-from ..transforms.decomposition import Factorizations
-from .base import LoweringPass, PassResult
-from .prune_channels import kept_channels
+from adans_toolchain.analysis.factors import factor_name
+from adans_toolchain.analysis.channels import ChannelAnalysis
+from adans_toolchain.analysis.graph import attributes
+from adans_toolchain.errors import LoweringError
+from adans_toolchain.plan import Plan
+from adans_toolchain.transforms.decomposition import Factorizations
+from adans_toolchain.lowering.base import LoweringPass, PassResult
+from adans_toolchain.lowering.prune_channels import kept_channels
 
 
 class DecomposePass(LoweringPass):
@@ -90,32 +91,32 @@ def _factor_nodes(node: onnx.NodeProto, method: str, factors: list) -> tuple[lis
             first, core, last = factors
             if first is not None:
                 inits.append(_tensor(f"{w}.tucker_in", first[:, :, None, None]))
-                nodes.append(helper.make_node("Conv", [x, f"{w}.tucker_in"], [f"{y}/tucker_in"], name=f"{base}/tucker_in", **pointwise))
-                x = f"{y}/tucker_in"
-            core_out = f"{y}/tucker_core" if last is not None else y
+                nodes.append(helper.make_node("Conv", [x, f"{w}.tucker_in"], [factor_name(y, "tucker_in")], name=factor_name(base, "tucker_in"), **pointwise))
+                x = factor_name(y, "tucker_in")
+            core_out = factor_name(y, "tucker_core") if last is not None else y
             inits.append(_tensor(f"{w}.tucker_core", core))
             core_inputs = [x, f"{w}.tucker_core"] + ([bias] if bias and last is None else [])
-            nodes.append(helper.make_node("Conv", core_inputs, [core_out], name=f"{base}/tucker_core", **attrs))
+            nodes.append(helper.make_node("Conv", core_inputs, [core_out], name=factor_name(base, "tucker_core"), **attrs))
             if last is not None:
                 inits.append(_tensor(f"{w}.tucker_out", last[:, :, None, None]))
                 inputs = [core_out, f"{w}.tucker_out"] + ([bias] if bias else [])
-                nodes.append(helper.make_node("Conv", inputs, [y], name=f"{base}/tucker_out", **pointwise))
+                nodes.append(helper.make_node("Conv", inputs, [y], name=factor_name(base, "tucker_out"), **pointwise))
             return nodes, inits
         v, us = factors
         inits += [_tensor(f"{w}.svd_in", v[:, :, None, None]), _tensor(f"{w}.svd_out", us[:, :, None, None])]
-        nodes.append(helper.make_node("Conv", [x, f"{w}.svd_in"], [f"{y}/svd"], name=f"{base}/svd_in", **attrs))
-        nodes.append(helper.make_node("Conv", [f"{y}/svd", f"{w}.svd_out"] + ([bias] if bias else []), [y], name=f"{base}/svd_out", **pointwise))
+        nodes.append(helper.make_node("Conv", [x, f"{w}.svd_in"], [factor_name(y, "svd")], name=factor_name(base, "svd_in"), **attrs))
+        nodes.append(helper.make_node("Conv", [factor_name(y, "svd"), f"{w}.svd_out"] + ([bias] if bias else []), [y], name=factor_name(base, "svd_out"), **pointwise))
         return nodes, inits
     v, us = factors
     if node.op_type == "Gemm":
         inits += [_tensor(f"{w}.svd_in", v), _tensor(f"{w}.svd_out", us)]
-        nodes.append(helper.make_node("Gemm", [x, f"{w}.svd_in"], [f"{y}/svd"], name=f"{base}/svd_in", transB=1))
+        nodes.append(helper.make_node("Gemm", [x, f"{w}.svd_in"], [factor_name(y, "svd")], name=factor_name(base, "svd_in"), transB=1))
         second = {k: v_ for k, v_ in attrs.items() if k in ("alpha", "beta")}
-        nodes.append(helper.make_node("Gemm", [f"{y}/svd", f"{w}.svd_out"] + ([bias] if bias else []), [y], name=f"{base}/svd_out", transB=1, **second))
+        nodes.append(helper.make_node("Gemm", [factor_name(y, "svd"), f"{w}.svd_out"] + ([bias] if bias else []), [y], name=factor_name(base, "svd_out"), transB=1, **second))
         return nodes, inits
     if node.op_type == "MatMul":
         inits += [_tensor(f"{w}.svd_in", v.T), _tensor(f"{w}.svd_out", us.T)]
-        nodes.append(helper.make_node("MatMul", [x, f"{w}.svd_in"], [f"{y}/svd"], name=f"{base}/svd_in"))
-        nodes.append(helper.make_node("MatMul", [f"{y}/svd", f"{w}.svd_out"], [y], name=f"{base}/svd_out"))
+        nodes.append(helper.make_node("MatMul", [x, f"{w}.svd_in"], [factor_name(y, "svd")], name=factor_name(base, "svd_in")))
+        nodes.append(helper.make_node("MatMul", [factor_name(y, "svd"), f"{w}.svd_out"], [y], name=factor_name(base, "svd_out")))
         return nodes, inits
     raise LoweringError(f"cannot factorise {node.op_type} node '{node.name}'")

@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..analysis.channels import ChannelAnalysis
-from ..analysis.graph import Graph, attributes
-from ..errors import LoweringError
-from ..plan import Plan
-from .base import LoweringPass, PassResult
+from adans_toolchain.analysis.channels import ChannelAnalysis
+from adans_toolchain.analysis.graph import Graph, attributes
+from adans_toolchain.errors import LoweringError
+from adans_toolchain.plan import Plan
+from adans_toolchain.lowering.base import LoweringPass, PassResult
 
 
 def kept_channels(analysis: ChannelAnalysis, plan: Plan) -> dict[str, np.ndarray]:

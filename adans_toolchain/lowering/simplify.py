@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import onnx
 
-from ..errors import LoweringError
-from .base import LoweringPass, PassResult
+from adans_toolchain.errors import LoweringError
+from adans_toolchain.lowering.base import LoweringPass, PassResult
 
 
 # onnxoptimizer's fuse_pad_into_conv miscomputes the Conv pads on a chain of

@@ -47,11 +47,11 @@ from cost_models.lut import (
 )
 from targets import Target
 
-from ..analysis.channels import ChannelAnalysis
-from ..analysis.workload import graph_workload
-from .graphs import KernelGraph, UnsupportedKernelError, kernel_graph
-from .grid import GridRule, axis_grid
-from .timing import NODE_PROFILE, TRUNCATION_US, WALL, GraphTiming, TimingConfig, profiled_and_wall, time_graphs
+from adans_toolchain.analysis.channels import ChannelAnalysis
+from adans_toolchain.plan.workload import graph_workload
+from adans_toolchain.profiling.graphs import KernelGraph, UnsupportedKernelError, kernel_graph
+from adans_toolchain.profiling.grid import GridRule, axis_grid
+from adans_toolchain.profiling.timing import NODE_PROFILE, TRUNCATION_US, WALL, GraphTiming, TimingConfig, profiled_and_wall, time_graphs
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def device_description(target: Target) -> dict:
 def make_header(target: Target, *, threads: int, batches: tuple[int, ...], timing: TimingConfig, rule: GridRule) -> dict:
     import onnxruntime as ort
 
-    from .. import __version__ as adans_version
+    from adans_toolchain import __version__ as adans_version
 
     return {
         "target": target.id,
@@ -283,7 +283,7 @@ def probe_alignment(target: Target, timing: TimingConfig) -> tuple[int, str]:
 
     import onnxruntime as ort
 
-    from .timing import session_options
+    from adans_toolchain.runtime.sessions import session_options
 
     blocked = {}
     with tempfile.TemporaryDirectory(prefix="adans-probe-") as tmp:
@@ -360,8 +360,8 @@ def calibrate(table: LookupTable, path: Path, target: Target, models: list[Model
     structure fingerprint every pruning plan of that model shares). With
     `apply`, the latency model multiplies that model's predictions by it.
     """
-    from ..lowering import CheckModelPass, SimplifyPass, run_passes
-    from ..measure import compare_latency
+    from adans_toolchain.lowering import CheckModelPass, SimplifyPass, run_passes
+    from adans_toolchain.runtime.measure import compare_latency
 
     model = LatencyCostModel(target, lut_path=path, threads=timing.threads, calibrate=False, missing="estimate")
     names = {m.name for m in models}

@@ -44,8 +44,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..measure import session_options
-from .graphs import HELPER, INPUT, OUTPUT, KernelGraph
+from adans_toolchain.runtime.sessions import session_options
+from adans_toolchain.profiling.graphs import HELPER, INPUT, OUTPUT, KernelGraph
 
 TRUNCATION_US = 0.5
 NODE_PROFILE, WALL = "node-profile", "wall"

@@ -1,8 +1,9 @@
 """AdaNS search: Algorithm 1 with the Uniform, Zoom, Genetic and Gaussian
-samplers, a resumable journal and the reconstruction analysis.
+samplers, a resumable journal, the reconstruction analysis, the score
+(search.scoring) and the boundary characterisation (search.boundary).
 
-Pure numpy/scipy: this package never imports torch, onnx or matplotlib
-(plots import matplotlib lazily), so it stays cheap to import and to test.
+Pure numpy/scipy: this package never imports torch, onnx or matplotlib, so
+it stays cheap to import and to test (its plots are in reporting.plots).
 
     result = maximize(fn, dim, sampler="gaussian", samples=50, iterations=20)
 """

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..analysis.channels import CONSUMER, PRODUCER, ChannelAnalysis, ChannelGroup
-from ..plan import Plan
+from adans_toolchain.analysis.channels import CONSUMER, PRODUCER, ChannelAnalysis, ChannelGroup
+from adans_toolchain.plan import Plan
 
 
 @dataclass(frozen=True)

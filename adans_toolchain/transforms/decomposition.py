@@ -11,7 +11,7 @@
   nested subspaces, so a larger rank never fits worse, and full rank is exact.
   A rank equal to the mode's size leaves that mode unfactorised (Tucker-1).
 
-The box: `max_ranks` gives, per mode, the largest rank whose factorised
+The box (`analysis.factors.max_ranks`) gives, per mode, the largest rank whose factorised
 layer still costs fewer MACs than the original, jointly over both modes, so
 the search never proposes a rank that adds work.
 """
@@ -24,56 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import tensorly as tl
 
-from ..analysis.layers import WeightedLayer
+from adans_toolchain.analysis.factors import decomposable
+from adans_toolchain.analysis.layers import WeightedLayer
 
 tl.set_backend("numpy")
-
-
-def decomposable(layer: WeightedLayer) -> str | None:
-    """'svd', 'tucker' or None."""
-    if layer.groups != 1:
-        return None
-    if layer.op in ("Gemm", "MatMul") or layer.is_pointwise:
-        return "svd"
-    return "tucker"
-
-
-def tucker_macs(layer: WeightedLayer, r1: int, r2: int) -> int:
-    """MACs per image of 1x1 (c->r1) -> kxk (r1->r2) -> 1x1 (r2->f); a full rank drops its factor."""
-    c, f = layer.c_in, layer.c_out
-    k = int(np.prod(layer.kernel))
-    first = c * r1 * layer.in_spatial if r1 < c else 0  # runs before the stride, at input resolution
-    core = k * r1 * r2 * layer.out_spatial
-    last = r2 * f * layer.out_spatial if r2 < f else 0
-    return first + core + last
-
-
-def svd_macs(layer: WeightedLayer, r: int) -> int:
-    return r * (layer.c_in + layer.c_out) * layer.out_spatial
-
-
-def max_ranks(layer: WeightedLayer) -> tuple[int, ...]:
-    """Largest rank per mode that keeps the factorised layer cheaper than the original (0: none)."""
-    original = layer.macs_per_image
-    if decomposable(layer) == "svd":
-        r = min(layer.c_in, layer.c_out)
-        while r >= 1 and (r >= min(layer.c_in, layer.c_out) or svd_macs(layer, r) >= original):
-            r -= 1
-        return (r,)
-    c, f = layer.c_in, layer.c_out
-    r1 = c - 1
-    while r1 >= 1 and tucker_macs(layer, r1, f) >= original:
-        r1 -= 1
-    r2 = f - 1
-    while r2 >= 1 and tucker_macs(layer, c, r2) >= original:
-        r2 -= 1
-    while r1 >= 1 and r2 >= 1 and tucker_macs(layer, r1, r2) >= original:
-        # Shrink the mode that is relatively larger, keeping the box balanced.
-        if r1 / c >= r2 / f:
-            r1 -= 1
-        else:
-            r2 -= 1
-    return (max(r1, 0), max(r2, 0))
 
 
 def as_matrix(layer: WeightedLayer, w: np.ndarray) -> np.ndarray:

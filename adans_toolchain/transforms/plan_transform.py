@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..analysis.channels import ChannelAnalysis
-from ..analysis.layers import WeightedLayer, weighted_layers
-from ..plan import Plan
-from .channel_pruning import ChannelPruningTransform, ZeroSlice
-from .decomposition import Factorizations
-from .sparsity import MagnitudeOrder
+from adans_toolchain.analysis.channels import ChannelAnalysis
+from adans_toolchain.analysis.layers import WeightedLayer, weighted_layers
+from adans_toolchain.plan import Plan
+from adans_toolchain.transforms.channel_pruning import ChannelPruningTransform, ZeroSlice
+from adans_toolchain.transforms.decomposition import Factorizations
+from adans_toolchain.transforms.sparsity import MagnitudeOrder
 
 
 class PlanTransform:

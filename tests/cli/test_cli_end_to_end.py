@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 import pytest
 
-from adans_toolchain.cli import main
-from adans_toolchain.executors import LocalExecutor, evaluation_chunk
+from adans_toolchain.cli.compile import main
+from adans_toolchain.evaluation.executors import LocalExecutor, evaluation_chunk
 from adans_toolchain.plan import Plan
-from adans_toolchain.validate import run_onnx
+from adans_toolchain.runtime.sessions import run_onnx
 
 TINY = ["--val-limit", "120", "--samples", "6", "--iterations", "3", "--boundary-rounds", "2",
         "--measure-batches", "1", "4", "--measure-budget", "0.3", "--max-accuracy-drop", "10"]
@@ -158,7 +158,7 @@ def test_baseline_is_emitted_when_no_candidate_is_cheaper(tmp_path, example_path
     import numpy as np
 
     from cost_models import CostModel, workload_macs
-    from adans_toolchain import pipeline
+    from adans_toolchain.pipeline import compile as pipeline
 
     class PruningIsExpensive(CostModel):
         name, unit = "inverse-macs", "units"

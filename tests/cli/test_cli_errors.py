@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from adans_toolchain.cli import main
+from adans_toolchain.cli.compile import main
 
 
 def run_cli(capsys, argv) -> tuple[int, str]:
@@ -68,7 +68,7 @@ def test_unknown_arch(capsys, base):
 
 
 def test_pickled_module_needs_trust_pickle(capsys, base, tmp_path):
-    from adans_toolchain.models.cifar_resnet import cifar_resnet
+    from adans_toolchain.frontend.architectures.cifar_resnet import cifar_resnet
 
     path = tmp_path / "whole.pt"
     torch.save(cifar_resnet(20), path)
@@ -145,7 +145,7 @@ def test_failed_overwrite_keeps_the_previous_run(capsys, base, tmp_path):
 
 
 def test_console_script_exit_code_and_debug_traceback(example_paths, tmp_path):
-    argv = [sys.executable, "-m", "adans_toolchain.cli", str(tmp_path / "missing.th"), "--data", str(example_paths["val"]), "-o", str(tmp_path / "o")]
+    argv = [sys.executable, "-m", "adans_toolchain.cli.compile", str(tmp_path / "missing.th"), "--data", str(example_paths["val"]), "-o", str(tmp_path / "o")]
     plain = subprocess.run(argv, capture_output=True, text=True)
     assert plain.returncode == 2
     lines = plain.stderr.strip().splitlines()

@@ -8,7 +8,7 @@ import pytest
 from adans_toolchain.lowering import CheckModelPass, PruneChannelsPass, SimplifyPass, run_passes
 from adans_toolchain.profiling.grid import GridRule
 from adans_toolchain.profiling.profiler import ModelToProfile, plan_families
-from adans_toolchain.space import CompressionSpace
+from adans_toolchain.plan.space import CompressionSpace
 from tests.cost_models.fixtures import make_target, synthetic_table
 from tests.helpers import build, export_and_analyse
 

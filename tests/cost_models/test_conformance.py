@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from adans_toolchain.analysis.graph import Graph
-from adans_toolchain.analysis.workload import graph_workload, plan_workloads
+from adans_toolchain.plan.workload import graph_workload, plan_workloads
 from cost_models import CostModel, cost_model_names, make_cost_model
 from tests.cost_models.conftest import lower
 from tests.cost_models.fixtures import make_target

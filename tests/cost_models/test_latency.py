@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adans_toolchain.analysis.workload import graph_workload, plan_workloads
+from adans_toolchain.plan.workload import graph_workload, plan_workloads
 from adans_toolchain.plan import GroupPruning, Plan
 from cost_models import (
     LookupTable,

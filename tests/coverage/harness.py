@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from adans_toolchain.cli import main
+from adans_toolchain.cli.compile import main
 from adans_toolchain.frontend.data import Preprocessing, load_image_set
-from adans_toolchain.validate import run_onnx
+from adans_toolchain.runtime.sessions import run_onnx
 
 # Enough to exercise every step (priorities, boundary, search, lowering,
 # BatchNorm re-estimation, validation, report) in seconds. One thread: on a

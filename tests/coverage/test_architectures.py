@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from adans_toolchain.frontend.models import build_architecture
+from adans_toolchain.frontend.loading import build_architecture
 from tests.conftest import randomise_batchnorm
 from tests.coverage.harness import TINY, compile_and_check, write_random_images
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from adans_toolchain.cli import main
+from adans_toolchain.cli.compile import main
 from tests.coverage.harness import write_random_images
 
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from adans_toolchain.evaluation import SubstitutionEvaluator, original_weights
+from adans_toolchain.evaluation.substitution import SubstitutionEvaluator, original_weights
 from adans_toolchain.frontend.data import ImageSet
-from adans_toolchain.onnx_evaluation import OnnxEvaluator
-from adans_toolchain.sites import layer_sites
-from adans_toolchain.space import CompressionSpace
+from adans_toolchain.evaluation.onnx_runtime import OnnxEvaluator
+from adans_toolchain.plan.sites import layer_sites
+from adans_toolchain.plan.space import CompressionSpace
 from adans_toolchain.transforms.plan_transform import PlanTransform
 from tests.conftest import randomise_batchnorm
 from tests.helpers import build, export_and_analyse

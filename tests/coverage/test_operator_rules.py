@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from adans_toolchain.analysis.channels import analyse_channels
 from adans_toolchain.analysis.graph import Graph
-from adans_toolchain.frontend.models import build_architecture
+from adans_toolchain.frontend.loading import build_architecture
 from adans_toolchain.frontend.onnx_model import normalise_onnx
 from tests.conftest import randomise_batchnorm
 from tests.coverage.harness import TINY, compile_and_check, write_random_images

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from adans_toolchain.emit import finetune_model, lower_plan
-from adans_toolchain.evaluation import SubstitutionEvaluator, original_weights
+from adans_toolchain.finetune.emit import finetune_model
+from adans_toolchain.lowering.emit import lower_plan
+from adans_toolchain.evaluation.substitution import SubstitutionEvaluator, original_weights
 from adans_toolchain.finetune.onnx_module import OnnxModule
 from adans_toolchain.finetune.train import FinetuneConfig, finetune
 from adans_toolchain.frontend.data import Preprocessing, load_image_set
-from adans_toolchain.frontend.models import load_model
-from adans_toolchain.space import CompressionSpace
+from adans_toolchain.frontend.loading import load_model
+from adans_toolchain.plan.space import CompressionSpace
 from adans_toolchain.transforms.plan_transform import PlanTransform
 from tests.helpers import export_and_analyse
 
@@ -48,7 +49,7 @@ def test_one_epoch_lowers_the_training_loss_and_still_validates(pruned, tmp_path
         check_images=data.x, teacher=None, checkpoint=tmp_path / "ft.pt", device="cpu", threads=1, pass_log=[],
     )
     assert done.self_check < 1e-4  # the interpreter computed what ONNX Runtime computes
-    from adans_toolchain.validate import run_onnx
+    from adans_toolchain.runtime.sessions import run_onnx
 
     after_logits = run_onnx(done.emitted.model, data.x.numpy())
     after = float(torch.nn.functional.cross_entropy(torch.from_numpy(after_logits), data.y))

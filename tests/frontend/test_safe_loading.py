@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from adans_toolchain.errors import ModelLoadError
-from adans_toolchain.frontend.models import build_architecture, builtin_arch_names, load_model
-from adans_toolchain.models.cifar_resnet import cifar_resnet
+from adans_toolchain.frontend.loading import build_architecture, builtin_arch_names, load_model
+from adans_toolchain.frontend.architectures.cifar_resnet import cifar_resnet
 from tests.conftest import randomise_batchnorm
 
 SHARED_IMAGENET = Path(__file__).resolve().parents[3] / "shared" / "data" / "imagenet"

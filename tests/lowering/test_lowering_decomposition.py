@@ -9,13 +9,13 @@ import torch
 from onnx import numpy_helper
 
 from adans_toolchain.analysis.graph import Graph
-from adans_toolchain.analysis.workload import graph_workload, plan_workload
-from adans_toolchain.evaluation import SubstitutionEvaluator, original_weights
+from adans_toolchain.plan.workload import graph_workload, plan_workload
+from adans_toolchain.evaluation.substitution import SubstitutionEvaluator, original_weights
 from adans_toolchain.frontend.data import ImageSet
 from adans_toolchain.lowering import CheckModelPass, DecomposePass, PruneChannelsPass, SimplifyPass, run_passes
 from adans_toolchain.lowering.prune_channels import set_initializers
-from adans_toolchain.sites import layer_sites, parse_methods
-from adans_toolchain.space import CompressionSpace
+from adans_toolchain.plan.sites import layer_sites, parse_methods
+from adans_toolchain.plan.space import CompressionSpace
 from adans_toolchain.transforms.plan_transform import PlanTransform
 from cost_models import workload_macs
 from tests.conftest import randomise_batchnorm

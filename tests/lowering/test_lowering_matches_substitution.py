@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from adans_toolchain.analysis.graph import Graph
-from adans_toolchain.analysis.workload import channel_counts, graph_workload
-from adans_toolchain.evaluation import SubstitutionEvaluator
+from adans_toolchain.plan.workload import channel_counts, graph_workload
+from adans_toolchain.evaluation.substitution import SubstitutionEvaluator
 from adans_toolchain.frontend.data import ImageSet
 from adans_toolchain.lowering import CheckModelPass, PruneChannelsPass, SimplifyPass, run_passes
-from adans_toolchain.space import CompressionSpace
-from adans_toolchain.evaluation import original_weights
+from adans_toolchain.plan.space import CompressionSpace
+from adans_toolchain.evaluation.substitution import original_weights
 from adans_toolchain.transforms.plan_transform import PlanTransform
 from cost_models import workload_macs
 from tests.conftest import randomise_batchnorm

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adans_toolchain.emit import simplify
+from adans_toolchain.lowering.emit import simplify
 from adans_toolchain.frontend.export import export_onnx
-from adans_toolchain.models.tf_mobilenet_v1 import Conv2dSame
-from adans_toolchain.validate import run_onnx
+from adans_toolchain.frontend.architectures.tf_mobilenet_v1 import Conv2dSame
+from adans_toolchain.runtime.sessions import run_onnx
 
 
 class AsymmetricSamePadding(torch.nn.Module):

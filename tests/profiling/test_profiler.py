@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from adans_toolchain.analysis.workload import graph_workload, plan_workloads
+from adans_toolchain.plan.workload import graph_workload, plan_workloads
 from adans_toolchain.plan import GroupPruning, Plan
-from adans_toolchain.profiling.cli import main as profile_main
+from adans_toolchain.cli.profile import main as profile_main
 from adans_toolchain.profiling.graphs import UnsupportedKernelError, kernel_graph
 from adans_toolchain.profiling.grid import GridRule, axis_grid
 from adans_toolchain.profiling.profiler import ModelToProfile, plan_families, profile

@@ -11,7 +11,7 @@ def test_importing_search_leaves_torch_onnx_and_matplotlib_out(python_env):
     code = (
         "import sys\n"
         "import adans_toolchain.search\n"
-        "import adans_toolchain.search.plots\n"  # plots import matplotlib lazily
+        "import adans_toolchain.reporting.plots\n"  # plots import matplotlib lazily
         "heavy = sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'matplotlib') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from adans_toolchain.analysis.layers import WeightedLayer
-from adans_toolchain.analysis.workload import plan_workload
+from adans_toolchain.plan.workload import plan_workload
 from adans_toolchain.plan import Plan
-from adans_toolchain.sites import layer_sites, parse_methods
-from adans_toolchain.space import CompressionSpace, DecompositionSite
-from adans_toolchain.transforms.decomposition import Factorizations, max_ranks, svd_macs, tucker_macs
+from adans_toolchain.plan.sites import layer_sites, parse_methods
+from adans_toolchain.plan.space import CompressionSpace, DecompositionSite
+from adans_toolchain.analysis.factors import max_ranks, svd_macs, tucker_macs
+from adans_toolchain.transforms.decomposition import Factorizations
 from cost_models import op_macs
 from tests.helpers import build, export_and_analyse
 

@@ -1,0 +1,1 @@
+"""Command lines: adans-compile and adans-profile, and the one-line error reporter."""

@@ -1,0 +1,198 @@
+"""Load a user's model: checkpoint + architecture, TorchScript, a pickled module, or an ONNX file.
+
+Unpickling runs arbitrary code, so checkpoints are read with
+`weights_only=True`; a whole pickled module is only loaded when the user says
+`--trust-pickle`. ONNX files are checked with `onnx.checker` before use
+(see onnx_model.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from adans_toolchain.errors import ModelLoadError
+
+_CIFAR_DEPTHS = (20, 32, 44, 56, 110)
+
+
+# torchvision classifiers whose auxiliary heads only run in training: built
+# without them (and without the slow scipy initialisation), and their weights
+# are dropped from a checkpoint that still has them.
+_AUX_HEADS = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
+
+
+def builtin_arch_names() -> list[str]:
+    from adans_toolchain.frontend.architectures.tf_mobilenet_v1 import TF_MOBILENET_V1
+
+    return [f"cifar_resnet{d}" for d in _CIFAR_DEPTHS] + list(TF_MOBILENET_V1)
+
+
+def build_architecture(arch: str) -> nn.Module:
+    """An untrained module for `--arch`: built-in, `torchvision:NAME`, or `package.module:callable`."""
+    if arch.startswith("cifar_resnet"):
+        from adans_toolchain.frontend.architectures.cifar_resnet import cifar_resnet
+
+        depth = arch.removeprefix("cifar_resnet")
+        if not depth.isdigit() or int(depth) not in _CIFAR_DEPTHS:
+            raise ModelLoadError(
+                f"unknown built-in architecture '{arch}'; built-ins: {', '.join(builtin_arch_names())}"
+            )
+        return cifar_resnet(int(depth))
+    if arch.startswith("tf_mobilenet_v1"):
+        from adans_toolchain.frontend.architectures.tf_mobilenet_v1 import TF_MOBILENET_V1, tf_mobilenet_v1
+
+        if arch not in TF_MOBILENET_V1:
+            raise ModelLoadError(
+                f"unknown built-in architecture '{arch}'; built-ins: {', '.join(builtin_arch_names())}"
+            )
+        return tf_mobilenet_v1(arch)
+    if arch.startswith("torchvision:"):
+        import torchvision
+
+        name = arch.split(":", 1)[1]
+        extra = {"aux_logits": False, "init_weights": False} if name in _AUX_HEADS else {}
+        try:
+            return torchvision.models.get_model(name, weights=None, **extra)
+        except ValueError as e:
+            raise ModelLoadError(
+                f"torchvision has no model '{name}'; see torchvision.models.list_models()"
+            ) from e
+    if ":" in arch:
+        module_name, attr = arch.split(":", 1)
+        try:
+            factory: Callable[[], nn.Module] = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ModelLoadError(
+                f"cannot import '{arch}' ({e}); give --arch as package.module:callable importable from here"
+            ) from e
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise ModelLoadError(f"'{arch}' returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+    raise ModelLoadError(
+        f"unknown architecture '{arch}'; use one of {', '.join(builtin_arch_names())}, "
+        "torchvision:NAME, or package.module:callable"
+    )
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    module: nn.Module
+    source: str  # "state_dict", "torchscript", "pickle", "onnx"
+    description: str
+    onnx_model: object = None  # onnx.ModelProto, normalised (source "onnx" only)
+
+
+def _is_torchscript(path: Path) -> bool:
+    # TorchScript archives are zip files holding a code/ folder (or constants.pkl).
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n or n.endswith("constants.pkl") for n in z.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "net"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            # DataParallel checkpoints prefix every key with "module.".
+            if all(k.startswith("module.") for k in tensors):
+                tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+            return tensors
+    raise ModelLoadError(f"{path} holds no state_dict (a dict of tensors, or a checkpoint with 'state_dict')")
+
+
+def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"model file {path} is empty")
+    if path.suffix.lower() == ".onnx":
+        from adans_toolchain.frontend.onnx_model import load_onnx_model
+
+        if arch is not None:
+            raise ModelLoadError(f"{path.name} is an ONNX model, which carries its own architecture; drop --arch")
+        return load_onnx_model(path)
+    if _is_torchscript(path):
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:  # noqa: BLE001 - torch raises many types here
+            raise ModelLoadError(f"{path} looks like TorchScript but does not load: {e}") from e
+        return LoadedModel(module.eval(), "torchscript", f"TorchScript archive {path.name}")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        if not trust_pickle:
+            if "weights_only" in str(e) or "Unsupported global" in str(e):
+                raise ModelLoadError(
+                    f"{path} is a pickled Python object, not a plain checkpoint; loading it runs code from the "
+                    "file, so pass --trust-pickle only if you trust its source (or save a state_dict and use --arch)"
+                ) from e
+            raise ModelLoadError(f"cannot read {path} as a PyTorch checkpoint ({_first_line(e)}); is the file complete?") from e
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as e2:  # noqa: BLE001
+            raise ModelLoadError(f"cannot unpickle {path}: {_first_line(e2)}") from e2
+    if isinstance(obj, nn.Module):
+        return LoadedModel(obj.eval(), "pickle", f"pickled module {type(obj).__name__}")
+    if arch is None:
+        raise ModelLoadError(
+            f"{path} is a state_dict; say which architecture it belongs to with --arch "
+            f"(built-ins: {', '.join(builtin_arch_names())}, torchvision:NAME, or package.module:callable)"
+        )
+    state = _extract_state_dict(obj, path)
+    module = build_architecture(arch)
+    state = _drop_unused_aux_heads(arch, module, state)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        missing, unexpected = _key_mismatch(module, state)
+        detail = "; ".join(filter(None, [missing, unexpected])) or _first_line(e)
+        raise ModelLoadError(f"the weights in {path.name} do not fit --arch {arch}: {detail}") from e
+    return LoadedModel(module.eval(), "state_dict", f"{arch} with weights from {path.name}")
+
+
+def _drop_unused_aux_heads(arch: str, module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights of training-only auxiliary classifiers (GoogLeNet, Inception v3) that the module was built without."""
+    prefixes = _AUX_HEADS.get(arch.removeprefix("torchvision:")) if arch.startswith("torchvision:") else None
+    if not prefixes:
+        return state
+    expected = module.state_dict()
+    return {k: v for k, v in state.items() if k in expected or not k.startswith(prefixes)}
+
+
+def _key_mismatch(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[str, str]:
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shape = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if shape:
+        k = shape[0]
+        parts.append(
+            f"{len(shape)} tensors of another shape (e.g. {k}: file {tuple(state[k].shape)}, arch {tuple(expected[k].shape)})"
+        )
+    return ", ".join(parts[:2]), ", ".join(parts[2:])
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -1,0 +1,1 @@
+"""The compile pipeline: settings, the run directory, and the stages wired in order."""

@@ -1,0 +1,1 @@
+"""The report: facts the pipeline computed, rendered as JSON, Markdown and plots."""

@@ -1,0 +1,1 @@
+"""ONNX Runtime: the one session recipe and speed measurement."""
