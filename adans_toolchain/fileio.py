@@ -19,6 +19,9 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; a file that open() would have created honours the umask,
+        # so a deployment service or another user can read what a run emits.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as out:
             for chunk in chunks:
                 out.write(chunk)
@@ -29,6 +32,13 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
         Path(temp).unlink(missing_ok=True)
         raise
     fsync_folder(path.parent)
+
+
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

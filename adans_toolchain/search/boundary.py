@@ -86,6 +86,14 @@ def characterise_boundary(
     return Boundary(theta, s_lo, evaluations, log)
 
 
+def max_boundary_evaluations(sizes: np.ndarray, *, rounds: int = 6, diagonal_rounds: int = 6) -> int:
+    """The most evaluations `characterise_boundary` can spend: a site stops once its interval closes."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    # Bisection on (0, size) closes after ceil(log2(size)) halvings.
+    per_site = np.minimum(rounds, np.ceil(np.log2(np.maximum(sizes, 1))).astype(np.int64))
+    return int(per_site.sum()) + diagonal_rounds
+
+
 def _x_for_removed(n_removed: int, size: int) -> float:
     return (n_removed + 0.5) / size
 

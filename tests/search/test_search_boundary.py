@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adans_toolchain.search.boundary import Boundary, characterise_boundary, initial_batch
+from adans_toolchain.search.boundary import Boundary, characterise_boundary, initial_batch, max_boundary_evaluations
 
 
 def _synthetic(tolerances: np.ndarray, sizes: np.ndarray, calls: list):
@@ -65,3 +65,19 @@ def test_initial_batch_is_inside_the_box_and_holds_the_anchor():
     assert np.allclose(batch[0], 0.4 * b.theta)
     again = initial_batch(b, 11, np.random.default_rng(0))
     assert np.array_equal(batch, again)
+
+
+def test_the_announced_boundary_cost_is_an_upper_bound_that_is_reached():
+    sizes = np.array([16, 32, 64, 8, 3])
+    rng = np.random.default_rng(0)
+    for rounds in (1, 3, 6, 8):
+        bound = max_boundary_evaluations(sizes, rounds=rounds, diagonal_rounds=6)
+        for _ in range(5):
+            tolerances = rng.integers(0, sizes)
+            b = characterise_boundary(_synthetic(tolerances, sizes, []), sizes, threshold=99.0, rounds=rounds)
+            assert b.evaluations <= bound
+        if rounds >= 6:
+            # Every single site feasible to its end (each bisects until its interval closes),
+            # the joint corner not (every diagonal round is spent): the bound is reached.
+            worst = characterise_boundary(_synthetic(sizes, sizes, []), sizes, threshold=99.0, rounds=rounds)
+            assert worst.evaluations == bound, (rounds, worst.evaluations, bound)

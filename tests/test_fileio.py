@@ -1,0 +1,30 @@
+"""Atomic writes: the file appears whole, and with the permissions the process umask gives."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from adans_toolchain.fileio import atomic_write_bytes, atomic_write_text
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_honour_the_umask(tmp_path, mask, mode):
+    previous = os.umask(mask)
+    try:
+        atomic_write_bytes(tmp_path / "model.onnx", b"x")
+        atomic_write_text(tmp_path / "sub" / "plan.json", "{}")
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "model.onnx", tmp_path / "sub" / "plan.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert os.umask(previous) == previous  # the umask is left as it was
+
+
+def test_replacing_leaves_no_temporary_file(tmp_path):
+    atomic_write_text(tmp_path / "a.json", "1")
+    atomic_write_text(tmp_path / "a.json", "2")
+    assert (tmp_path / "a.json").read_text() == "2"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
