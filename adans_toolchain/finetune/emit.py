@@ -59,4 +59,4 @@ def finetune_model(
     with torch.no_grad():
         reference = module(x).numpy()
     validation = validate_lowered(model, reference, x.numpy(), threads=threads, reference="fine-tuned PyTorch module")
-    return Finetuned(Emitted(model, trained, validation, pass_log + [{"pass": "finetune", "modified": True, "ensures": []}]), log, self_check)
+    return Finetuned(Emitted(model, trained, validation, pass_log + [{"pass": "finetune", "modified": True, "checked": []}]), log, self_check)

@@ -20,25 +20,59 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from adans_toolchain.analysis.factors import factor_name
+from adans_toolchain.analysis.factors import SVD_FACTORS, TUCKER_FACTORS, factor_name
 from adans_toolchain.analysis.channels import ChannelAnalysis
 from adans_toolchain.analysis.graph import attributes
+from adans_toolchain.analysis.layers import WeightedLayer
 from adans_toolchain.errors import LoweringError
 from adans_toolchain.plan import Plan
 from adans_toolchain.transforms.decomposition import Factorizations
-from adans_toolchain.lowering.base import LoweringPass, PassResult
+from adans_toolchain.lowering.base import Condition, LoweringPass, PassResult
 from adans_toolchain.lowering.prune_channels import kept_channels
 
 
 class DecomposePass(LoweringPass):
     name = "decompose"
-    requires = ("runs after prune-channels on the same plan",)
-    ensures = ("every decomposed layer is a chain of smaller Conv/Gemm/MatMul nodes",)
 
     def __init__(self, analysis: ChannelAnalysis, plan: Plan, factorizations: Factorizations) -> None:
         self.analysis = analysis
         self.plan = plan
         self.factorizations = factorizations
+
+    def requires(self) -> list[Condition]:
+        # The factors are cut to the kept channels, so the layer they replace must already be.
+        return [Condition("decomposed weights already have the plan's kept channel counts (prune-channels ran)", self._pruned)]
+
+    def ensures(self, source: onnx.ModelProto) -> list[Condition]:
+        bases = {n.input[1]: n.name or n.output[0] for n in source.graph.node if len(n.input) > 1}
+        return [
+            Condition("no decomposed layer's original weight remains", self._originals_gone),
+            Condition("every decomposed layer's factor nodes exist", lambda model: self._factors_present(model, bases)),
+        ]
+
+    def _pruned(self, model: onnx.ModelProto) -> str | None:
+        kept = kept_channels(self.analysis, self.plan)
+        dims = {i.name: tuple(i.dims) for i in model.graph.initializer}
+        for d in self.plan.active_decompositions:
+            layer = self.factorizations.layers[d.layer]
+            want = (_count(kept, layer.input, layer.c_in), _count(kept, layer.output, layer.c_out))
+            got = _in_out(layer, dims[d.layer]) if d.layer in dims else None
+            if got != want:
+                return f"'{d.layer}' has (in, out) channels {got}, the plan keeps {want}"
+        return None
+
+    def _originals_gone(self, model: onnx.ModelProto) -> str | None:
+        left = {i.name for i in model.graph.initializer} | {i for n in model.graph.node for i in n.input}
+        stale = [d.layer for d in self.plan.active_decompositions if d.layer in left]
+        return f"still in the graph: {stale[:3]}" if stale else None
+
+    def _factors_present(self, model: onnx.ModelProto, bases: dict[str, str]) -> str | None:
+        names = {n.name for n in model.graph.node}
+        for d in self.plan.active_decompositions:
+            missing = [f for f in _expected_factors(self.factorizations.layers[d.layer], d) if factor_name(bases[d.layer], f) not in names]
+            if missing:
+                return f"'{d.layer}' lacks the factor nodes {missing}"
+        return None
 
     def check(self, model: onnx.ModelProto) -> str | None:
         weights = {n.input[1] for n in model.graph.node if len(n.input) > 1}
@@ -73,6 +107,25 @@ class DecomposePass(LoweringPass):
         out.graph.initializer.extend(new_inits)
         del out.graph.value_info[:]
         return PassResult(out, True)
+
+
+def _count(kept: dict[str, np.ndarray], tensor: str, full: int) -> int:
+    return len(kept[tensor]) if tensor in kept else full
+
+
+def _in_out(layer: WeightedLayer, dims: tuple[int, ...]) -> tuple[int, int] | None:
+    """(in, out) channels of a weight of `layer`'s layout: Conv and transposed Gemm store [out, in, ...]."""
+    if len(dims) < 2:
+        return None
+    return (dims[1], dims[0]) if layer.op == "Conv" or layer.trans_b else (dims[0], dims[1])
+
+
+def _expected_factors(layer: WeightedLayer, d) -> tuple[str, ...]:
+    """The factor node suffixes `_factor_nodes` writes: Tucker drops the 1x1 of a mode kept at full rank."""
+    if d.method != "tucker":
+        return SVD_FACTORS
+    tucker_in, core, tucker_out = TUCKER_FACTORS
+    return tuple(f for f, used in ((tucker_in, d.ranks[0] < layer.c_in), (core, True), (tucker_out, d.ranks[1] < layer.c_out)) if used)
 
 
 def _tensor(name: str, value: np.ndarray) -> onnx.TensorProto:

@@ -19,7 +19,7 @@ from adans_toolchain.analysis.channels import ChannelAnalysis
 from adans_toolchain.analysis.graph import Graph, attributes
 from adans_toolchain.errors import LoweringError
 from adans_toolchain.plan import Plan
-from adans_toolchain.lowering.base import LoweringPass, PassResult
+from adans_toolchain.lowering.base import TYPE_CHECKS, Condition, LoweringPass, PassResult
 
 
 def kept_channels(analysis: ChannelAnalysis, plan: Plan) -> dict[str, np.ndarray]:
@@ -47,12 +47,36 @@ def kept_channels(analysis: ChannelAnalysis, plan: Plan) -> dict[str, np.ndarray
 
 class PruneChannelsPass(LoweringPass):
     name = "prune-channels"
-    requires = ("the model is the one the analysis was made on (same fingerprint)",)
-    ensures = ("pruned channels are absent from every weight, attribute and shape constant",)
 
     def __init__(self, analysis: ChannelAnalysis, plan: Plan) -> None:
         self.analysis = analysis
         self.plan = plan
+
+    def requires(self) -> list[Condition]:
+        return [Condition("the plan prunes only prunable groups of this analysis, at their size", self._plan_fits)]
+
+    def ensures(self, source: onnx.ModelProto) -> list[Condition]:
+        return [Condition("every initializer axis bound to a pruned tensor has the kept channel count", self._sliced), TYPE_CHECKS]
+
+    def _plan_fits(self, model: onnx.ModelProto) -> str | None:
+        groups = {g.id: g for g in self.analysis.groups}
+        for p in self.plan.pruning:
+            group = groups.get(p.group)
+            if p.removed and (group is None or group.size != p.size or not group.prunable):
+                return f"group '{p.group}' is missing, frozen or not of size {p.size}"
+        return None
+
+    def _sliced(self, model: onnx.ModelProto) -> str | None:
+        kept = kept_channels(self.analysis, self.plan)
+        dims = {i.name: list(i.dims) for i in model.graph.initializer}
+        for b in self.analysis.bindings:
+            if b.tensor not in kept:
+                continue
+            if b.param not in dims:
+                return f"initializer '{b.param}' is gone"
+            if dims[b.param][b.axis] != len(kept[b.tensor]):
+                return f"'{b.param}' axis {b.axis} has {dims[b.param][b.axis]} channels, the plan keeps {len(kept[b.tensor])} of '{b.tensor}'"
+        return None
 
     def check(self, model: onnx.ModelProto) -> str | None:
         # Values may differ (re-estimated BatchNorm statistics); structure may not.
