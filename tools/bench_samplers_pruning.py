@@ -131,7 +131,7 @@ def build(out_dir: Path, val_size: int, threads: int) -> PruningObjective:
     from adans_toolchain.search.scoring import AdaNSScore
     from adans_toolchain.plan.space import CompressionSpace
     from adans_toolchain.transforms.channel_pruning import ChannelPruningTransform
-    from adans_toolchain.pipeline.workspace import EvaluationCache
+    from adans_toolchain.evaluation.cache import EvaluationCache
     from cost_models import make_cost_model
     from targets import load_target
 

@@ -28,7 +28,8 @@ accumulates.
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -37,6 +38,7 @@ from onnx import helper, numpy_helper
 
 from adans_toolchain.analysis.channels import CONSUMER, ChannelAnalysis, ChannelGroup
 from adans_toolchain.analysis.graph import attributes
+from adans_toolchain.evaluation.base import Evaluator
 from adans_toolchain.frontend.data import ImageSet
 from adans_toolchain.plan import Plan
 from adans_toolchain.runtime.sessions import make_session
@@ -44,7 +46,7 @@ from adans_toolchain.transforms.channel_pruning import unit_l1_norms
 from adans_toolchain.transforms.plan_transform import PlanTransform
 
 
-class OnnxEvaluator:
+class OnnxEvaluator(Evaluator):
     def __init__(
         self,
         model,
@@ -57,12 +59,9 @@ class OnnxEvaluator:
         threads: int | None = None,
     ) -> None:
         """`model`: the ONNX model the analysis was made on (a ModelProto, or frontend's OnnxModel)."""
+        super().__init__(transform, batch_size=batch_size)
         self.model: onnx.ModelProto = getattr(model, "model", model)
-        self.transform = transform
-        self.batch_size = batch_size
         self.threads = threads or torch.get_num_threads()
-        self.notes: list[str] = []
-        self.evaluations = 0
         graph = transform.analysis.graph
         self.params: dict[str, np.ndarray] = graph.initializers
         self.x = np.ascontiguousarray(data.x.detach().cpu().numpy(), dtype=np.float32)
@@ -85,6 +84,8 @@ class OnnxEvaluator:
         self.input_name = self.session.get_inputs()[0].name
         self._calibration_session = None
         self._stats_cache: tuple[str, dict[str, np.ndarray]] | None = None
+        # The initializers fed for the plan being evaluated (inside `substituted`).
+        self._active: dict[str, np.ndarray] = {}
 
     # -- sessions ------------------------------------------------------------
     def _providers(self, device: str) -> list[str]:
@@ -117,48 +118,43 @@ class OnnxEvaluator:
             raise RuntimeError(f"the plan changes initializers the ONNX evaluator cannot override: {sorted(unknown)[:3]}")
         return values
 
-    def recalibrates(self, plan: Plan) -> bool:
-        """Compressed candidates get re-estimated BatchNorm statistics; the baseline keeps its own."""
-        return self.calibration is not None and bool(self.batchnorms) and not plan.is_identity
-
     def _feeds(self, plan: Plan, recalibrate: bool | None = None) -> dict[str, np.ndarray]:
-        recalibrate = self.recalibrates(plan) if recalibrate is None else recalibrate and bool(self.batchnorms)
+        recalibrate = self._recalibrating(plan, recalibrate)
         values = self._values(plan)
         if recalibrate and self.calibration is not None:
             values.update(self._reestimate(plan, values))
         return values
 
-    def _run(self, feeds: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-        parts = []
-        for start in range(0, len(x), self.batch_size):
-            feed = {self.input_name: x[start : start + self.batch_size], **feeds}
-            parts.append(np.asarray(self.session.run(None, feed)[0]))
-        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    @contextmanager
+    def substituted(self, plan: Plan, *, recalibrate: bool | None = None) -> Iterator[None]:
+        """Runs inside the block feed `plan`'s initializers; the session itself is never changed."""
+        self._active = self._feeds(plan, recalibrate)
+        try:
+            yield
+        finally:
+            self._active = {}
 
-    def _correct(self, feeds: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> int:
+    def _batches(self, x: np.ndarray) -> Iterator[np.ndarray]:
+        """Logits of `x` batch by batch, with the active plan's feeds."""
+        for start in range(0, len(x), self.batch_size):
+            feed = {self.input_name: x[start : start + self.batch_size], **self._active}
+            yield np.asarray(self.session.run(None, feed)[0])
+
+    def _correct(self, x: np.ndarray, y: np.ndarray) -> int:
         correct = 0
-        for start in range(0, len(y), self.batch_size):
-            feed = {self.input_name: x[start : start + self.batch_size], **feeds}
-            logits = self.session.run(None, feed)[0]
-            correct += int((np.asarray(logits).argmax(axis=1) == y[start : start + self.batch_size]).sum())
+        for start, logits in zip(range(0, len(y), self.batch_size), self._batches(x)):
+            correct += int((logits.argmax(axis=1) == y[start : start + self.batch_size]).sum())
         return correct
 
-    # -- the Evaluator interface -------------------------------------------------
-    def accuracy(self, plans: Sequence[Plan]) -> np.ndarray:
-        """Top-1 accuracy in percent of each plan on the validation set."""
-        result = np.empty(len(plans))
-        for i, plan in enumerate(plans):
-            result[i] = 100.0 * self._correct(self._feeds(plan), self.x, self.y) / len(self.y)
-            self.evaluations += 1
-        return result
+    def _arrays(self, data: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+        return np.ascontiguousarray(data.x.detach().cpu().numpy(), dtype=np.float32), data.y.detach().cpu().numpy()
 
-    def accuracy_on(self, plan: Plan, data: ImageSet, *, recalibrate: bool | None = None) -> float:
-        x = np.ascontiguousarray(data.x.detach().cpu().numpy(), dtype=np.float32)
-        return 100.0 * self._correct(self._feeds(plan, recalibrate), x, data.y.detach().cpu().numpy()) / len(data)
-
+    # -- the rest of the Evaluator contract ----------------------------------------
     def logits(self, plan: Plan, x: torch.Tensor) -> np.ndarray:
         x_np = np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
-        return self._run(self._feeds(plan), x_np).astype(np.float32, copy=False)
+        with self.substituted(plan):
+            parts = list(self._batches(x_np))
+        return (np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)).astype(np.float32, copy=False)
 
     def batchnorm_statistics(self, plan: Plan) -> dict[str, np.ndarray]:
         """The running statistics the emitted model must carry for `plan`, by initializer name."""

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from adans_toolchain.analysis.channels import CONSUMER, ChannelAnalysis, ChannelGroup
+from adans_toolchain.evaluation.base import Evaluator
 from adans_toolchain.frontend.data import ImageSet
 from adans_toolchain.plan import Plan
 from adans_toolchain.transforms.channel_pruning import unit_l1_norms
@@ -30,7 +31,9 @@ def original_weights(module: nn.Module, analysis: ChannelAnalysis) -> dict[str, 
     return {layer.weight: state[layer.weight].detach().cpu().numpy().copy() for layer in weighted_layers(analysis.graph)}
 
 
-class SubstitutionEvaluator:
+class SubstitutionEvaluator(Evaluator):
+    distributable = True  # executors.EvaluatorSpec rebuilds it in a worker
+
     def __init__(
         self,
         module: nn.Module,
@@ -44,11 +47,9 @@ class SubstitutionEvaluator:
     ) -> None:
         if precision not in ("fp32", "bf16", "auto"):
             raise ValueError(f"precision must be fp32, bf16 or auto, not {precision!r}")
+        super().__init__(transform, batch_size=batch_size)
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
-        self.precision = "fp32"
-        self.transform = transform
-        self.batch_size = batch_size
         self.x = data.x.to(self.device)
         self.y = data.y.to(self.device)
         # Images whose statistics re-estimate BatchNorm for every compressed
@@ -57,8 +58,6 @@ class SubstitutionEvaluator:
         self.batchnorms = _batchnorm_modules(self.module)
         # state_dict(keep_vars=True) maps exactly the names the ONNX initializers carry.
         self.tensors: dict[str, torch.Tensor] = dict(self.module.state_dict(keep_vars=True))
-        self.evaluations = 0
-        self.notes: list[str] = []
         if self.calibration is not None and not self.batchnorms:
             self.notes.append("BatchNorm re-estimation requested, but the model has no BatchNorm layers")
         if precision == "bf16":
@@ -97,14 +96,10 @@ class SubstitutionEvaluator:
 
         return nullcontext()
 
-    def recalibrates(self, plan: Plan) -> bool:
-        """Compressed candidates get re-estimated BatchNorm statistics; the baseline keeps its own."""
-        return self.calibration is not None and bool(self.batchnorms) and not plan.is_identity
-
     @contextmanager
     def substituted(self, plan: Plan, *, recalibrate: bool | None = None) -> Iterator[None]:
         """The module computes `plan` inside the block; everything is restored on exit."""
-        recalibrate = self.recalibrates(plan) if recalibrate is None else recalibrate and bool(self.batchnorms)
+        recalibrate = self._recalibrating(plan, recalibrate)
         saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         try:
             with torch.no_grad():
@@ -173,18 +168,8 @@ class SubstitutionEvaluator:
             correct += int((logits.argmax(dim=1) == y[start : start + self.batch_size]).sum())
         return correct
 
-    def accuracy(self, plans: Sequence[Plan]) -> np.ndarray:
-        """Top-1 accuracy in percent of each plan on the validation set."""
-        result = np.empty(len(plans))
-        for i, plan in enumerate(plans):
-            with self.substituted(plan):
-                result[i] = 100.0 * self._correct(self.x, self.y) / len(self.y)
-            self.evaluations += 1
-        return result
-
-    def accuracy_on(self, plan: Plan, data: ImageSet, *, recalibrate: bool | None = None) -> float:
-        with self.substituted(plan, recalibrate=recalibrate):
-            return 100.0 * self._correct(data.x.to(self.device), data.y.to(self.device)) / len(data)
+    def _arrays(self, data: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
+        return data.x.to(self.device), data.y.to(self.device)
 
     @torch.no_grad()
     def logits(self, plan: Plan, x: torch.Tensor) -> np.ndarray:

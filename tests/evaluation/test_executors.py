@@ -13,6 +13,7 @@ from adans_toolchain.frontend.data import Preprocessing, load_image_set
 from adans_toolchain.frontend.loading import load_model
 from adans_toolchain.plan.space import CompressionSpace
 from adans_toolchain.transforms.plan_transform import PlanTransform
+from tests.evaluation.faults import always_dies, dies_once
 from tests.helpers import export_and_analyse
 
 
@@ -47,11 +48,18 @@ def test_worker_processes_match_local_and_survive_a_death(setup, tmp_path):
     evaluator, spec, plans = setup
     local = LocalExecutor(evaluator).accuracy(plans)
     assert len(set(local.tolist())) > 1  # the plans really differ
-    failing = EvaluatorSpec(**{**spec.__dict__, "fail_once_marker": str(tmp_path / "died")})
+    failing = dies_once(spec, tmp_path / "died")
     with MultiProcessExecutor(failing, ["cpu", "cpu"]) as executor:
         remote = executor.accuracy(plans)
     assert (tmp_path / "died").exists()  # a worker really died mid-batch
     assert np.array_equal(local, remote)
+
+
+def test_workers_that_keep_dying_are_reported(setup):
+    _, spec, plans = setup
+    with MultiProcessExecutor(always_dies(spec), ["cpu"], retries=1) as executor:
+        with pytest.raises(RuntimeError, match=r"workers on \['cpu'\] died 2 times in a row"):
+            executor.accuracy(plans)
 
 
 def test_ray_actors_match_local_and_survive_a_death(setup, tmp_path):
@@ -60,7 +68,7 @@ def test_ray_actors_match_local_and_survive_a_death(setup, tmp_path):
 
     evaluator, spec, plans = setup
     local = LocalExecutor(evaluator).accuracy(plans)
-    failing = EvaluatorSpec(**{**spec.__dict__, "fail_once_marker": str(tmp_path / "died")})
+    failing = dies_once(spec, tmp_path / "died")
     executor = RayExecutor(failing, workers=2)
     try:
         remote = executor.accuracy(plans)

@@ -8,7 +8,6 @@ must be able to import, as for any PyTorch checkpoint).
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass, replace
 
 import torch
@@ -27,9 +26,6 @@ class EvaluatorSpec:
     precision: str = "fp32"
     device: str = "cpu"
     threads: int = 1
-    # Fault injection for tests: the first worker to evaluate creates this
-    # file and dies, so retries can be shown to give the same result.
-    fail_once_marker: str | None = None
 
     @classmethod
     def from_module(cls, module: torch.nn.Module, **kwargs) -> "EvaluatorSpec":
@@ -55,9 +51,3 @@ class EvaluatorSpec:
             module, self.val, transform, device=self.device, batch_size=self.batch_size,
             calibration=self.calibration, precision=self.precision,
         )
-
-    def maybe_fail(self) -> None:
-        if self.fail_once_marker and not os.path.exists(self.fail_once_marker):
-            with open(self.fail_once_marker, "w") as f:
-                f.write(str(os.getpid()))
-            os._exit(1)

@@ -1,0 +1,126 @@
+"""Candidate accuracies through a resumable on-disk cache.
+
+`EvaluationCache` is the file (OUT/state/evaluations.jsonl): one JSON record
+per evaluated plan, appended as it is measured. `CachedAccuracy` is the
+search's accuracy function on top of it: points of the compression space in,
+top-1 out, evaluating only what the cache does not hold yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from adans_toolchain.errors import SearchStateError
+from adans_toolchain.evaluation.executors import evaluation_chunk
+from adans_toolchain.fileio import atomic_write_text
+
+
+class EvaluationCache:
+    """Accuracy of every plan evaluated so far, appended as it is measured.
+
+    Keyed by the number of units removed per site (the plan is determined by
+    it). It makes a resumed run skip evaluations already paid for, and a
+    search that proposes the same discrete plan twice evaluate it once.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.values: dict[str, dict] = {}
+        if not path.is_file():
+            return
+        lines = path.read_text().split("\n")
+        complete, tail = lines[:-1], lines[-1]  # text after the last newline was cut off mid-write
+        for i, line in enumerate(complete):
+            try:
+                record = json.loads(line)
+                self.values[record["key"]] = record
+            except (json.JSONDecodeError, KeyError):
+                raise SearchStateError(f"{path} is damaged at line {i + 1}; delete it to re-evaluate") from None
+        if tail:
+            warnings.warn(f"{path}: dropped a damaged last line (the run was killed while writing it)")
+            atomic_write_text(path, "".join(line + "\n" for line in complete))
+
+    @staticmethod
+    def key(removed: tuple[int, ...]) -> str:
+        return ",".join(str(r) for r in removed)
+
+    def get(self, key: str) -> dict | None:
+        return self.values.get(key)
+
+    def put_many(self, records: list[dict]) -> None:
+        if not records:
+            return
+        with open(self.path, "a") as f:
+            for r in records:
+                self.values[r["key"]] = r
+                f.write(json.dumps(r) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class ProgressBar(Protocol):
+    """What CachedAccuracy draws on (pipeline.progress.Progress is one)."""
+
+    def bar(self, done: int, total: int, message: str) -> None: ...
+
+    def done(self) -> None: ...
+
+
+class CachedAccuracy:
+    """Top-1 of points x of `space`, evaluated by `executor` only when `cache` lacks them.
+
+    Counters, over every call: `evaluated` (plans actually evaluated),
+    `cached` (points answered from the cache, repeats within a call
+    included) and `eval_seconds` (time spent in the executor).
+    """
+
+    def __init__(self, cache: EvaluationCache, space, executor, progress: ProgressBar | None = None) -> None:
+        self.cache = cache
+        self.space = space
+        self.executor = executor
+        self.progress = progress
+        self.evaluated = 0
+        self.cached = 0
+        self.eval_seconds = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Evaluations per second so far."""
+        return self.evaluated / max(self.eval_seconds, 1e-9)
+
+    def __call__(self, xs: np.ndarray, label: str | None = None) -> np.ndarray:
+        """Accuracy of each row of `xs`; with a `label`, a long evaluation shows a progress bar."""
+        xs = np.atleast_2d(xs)
+        keys = [self.cache.key(self.space.states(x)) for x in xs]
+        missing: dict[str, np.ndarray] = {}
+        for k, x in zip(keys, xs):
+            if self.cache.get(k) is None and k not in missing:
+                missing[k] = x
+        self._evaluate(list(missing.items()), label)
+        self.evaluated += len(missing)
+        self.cached += len(xs) - len(missing)
+        return np.array([self.cache.get(k)["accuracy"] for k in keys])
+
+    def _evaluate(self, pending: list[tuple[str, np.ndarray]], label: str | None) -> None:
+        """Evaluate and write in chunks: a bisection round can be a hundred or more
+        evaluations, and a run killed mid-round keeps every finished chunk."""
+        chunk = evaluation_chunk(self.executor.workers)
+        show = label is not None and self.progress is not None and len(pending) > chunk
+        for i in range(0, len(pending), chunk):
+            part = pending[i:i + chunk]
+            start = time.perf_counter()
+            acc = self.executor.accuracy(self.space.decode_batch(np.array([x for _, x in part])))
+            self.eval_seconds += time.perf_counter() - start
+            self.cache.put_many([{"key": k, "accuracy": float(a)} for (k, _), a in zip(part, acc)])
+            if show:
+                rate = (self.evaluated + i + len(part)) / max(self.eval_seconds, 1e-9)
+                self.progress.bar(i + len(part), len(pending), f"{label}  ({rate:.2f} eval/s)")
+        if show:
+            self.progress.done()
