@@ -31,6 +31,7 @@ BUILTINS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from adans_toolchain import __version__
     from adans_toolchain.profiling.timing import TimingConfig
 
     t = TimingConfig()
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time single-kernel ONNX graphs in ONNX Runtime on this device, over the channel counts the "
         "given models can reach under pruning, and write a latency lookup table for `adans-compile --cost latency`.",
     )
+    p.add_argument("--version", action="version", version=f"adans {__version__}")
     p.add_argument("--target", default="host", help="target the table is for (default: host); see adans-compile --list-targets")
     p.add_argument("--model", action="append", default=[], metavar="PATH",
                    help="a model file to profile (as adans-compile takes it); repeatable, each with its own --arch")

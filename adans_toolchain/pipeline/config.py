@@ -1,65 +1,271 @@
-"""Settings of one compile, as typed, frozen data (the CLI builds it; tests can too)."""
+"""Settings of one compile, as typed, frozen data: every setting is defined here, once.
+
+Each field of `CompileConfig` carries its command-line form in its metadata
+(see `setting`): flags, help, help section, choices, metavar, nargs, and
+whether a resumed run may change it (`resumable`). `adans-compile` builds its
+parser and the config from these fields; OUT/config.json records the
+settings (`CompileConfig.resume_key`) and a resume compares all of them but
+`RESUMABLE_SETTINGS`. A config checks itself when it is built and raises
+ConfigError, so an invalid one never exists, whoever builds it (CLI or test).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, Callable
+
+from cost_models import cost_model_names
+
+from adans_toolchain.errors import ConfigError
+from adans_toolchain.search import SAMPLER_NAMES
+
+# Help sections, in the order `adans-compile --help` lists them.
+INPUTS = "model and data"
+CONSTRAINT = "accuracy constraint"
+SEARCH = "compression search"
+FINETUNE = "fine-tuning the emitted model"
+EXECUTION = "where candidates are evaluated"
+OUTPUT = "measurement and output"
+GROUPS = (INPUTS, CONSTRAINT, SEARCH, FINETUNE, EXECUTION, OUTPUT)
+
+ARCH_BUILTINS = (
+    "cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56", "cifar_resnet110",
+    "tf_mobilenet_v1_0.5_160", "tf_mobilenet_v1_0.75_192",
+)  # frontend.loading.builtin_arch_names(); a test keeps the two equal
+
+# The default search budget, for the help of --samples.
+_BUDGET = (
+    "The default budget (50 x 20 evaluations, each one pass over VAL, plus the boundary bisection) takes "
+    "about an hour on a 2-core CPU for a ResNet-20-size model on 1,000 images; the bundled example uses "
+    "--samples 20 --iterations 8."
+)
+
+
+def setting(
+    default: Any = None,
+    *,
+    required: bool = False,
+    help: str,
+    group: str,
+    flags: tuple[str, ...] = (),
+    metavar: str | tuple[str, ...] | None = None,
+    nargs: int | str | None = None,
+    choices: tuple[Any, ...] | None = None,
+    type: Callable[[str], Any] | None = None,
+    const: Any = None,
+    exclusive: str | None = None,
+    resumable: bool | Callable[["CompileConfig"], bool] = False,
+) -> Any:
+    """A setting: a dataclass field with its command-line form in its metadata.
+
+    flags: the option strings (default `--name-with-dashes`; a bare name is a positional).
+    type: converts one command-line word (default: from the field's annotation).
+    exclusive: settings with the same name are mutually exclusive on the command line.
+    resumable: True if a resumed run may give another value (it does not change what was
+    computed); a predicate of the config if that depends on other settings (the setting is
+    then left out of OUT/config.json while the predicate holds).
+    required: the setting has no default (a field without one).
+    """
+    metadata = {
+        "help": help, "group": group, "flags": flags, "metavar": metavar, "nargs": nargs, "choices": choices,
+        "type": type, "const": const, "exclusive": exclusive, "resumable": resumable,
+    }
+    return field(metadata=metadata) if required else field(default=default, metadata=metadata)
+
+
+def comma_separated(text: str) -> tuple[str, ...]:
+    """'d, ps' -> ('d', 'ps')."""
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+def _lut_only_feeds_the_report(cfg: "CompileConfig") -> bool:
+    # Unless the search minimises latency, the table only feeds the report's
+    # predicted latency: a finished MACs search can be resumed with a table to re-report it.
+    return cfg.cost != "latency"
 
 
 @dataclass(frozen=True)
 class CompileConfig:
-    model: str
-    data: str
-    out: str
-    target: str = "host"
-    arch: str | None = None
-    trust_pickle: bool = False
-    test_data: str | None = None
-    val_limit: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    input_size: tuple[int, int] | None = None
-    label_offset: int = 0
-    methods: tuple[str, ...] = ("ps",)
-    sampler: str = "gaussian"
-    cost: str = "macs"
-    lut: str | None = None  # latency lookup table (default: the target's own, else a roofline estimate)
-    accuracy_threshold: float | None = None
-    max_accuracy_drop: float | None = None
-    accuracy_floor: float | None = None  # None: the allowed drop (see scoring.py)
-    priority: str = "taylor"
-    round_to: int | None = None  # keep channel counts at multiples of N
-    bn_recalibrate: int = 500  # images re-estimating BatchNorm per candidate; 0 = off
-    calibration_data: str | None = None  # default: the VAL images
-    train_data: str | None = None  # images for fine-tuning the emitted model
-    finetune_epochs: int = 0
-    finetune_lr: float = 0.01
-    finetune_batch_size: int = 128
-    distill: bool = False
-    finetune_baseline: bool = False
-    samples: int = 50
-    iterations: int = 20
-    boundary_rounds: int = 6
-    seed: int = 0
-    device: str = "cpu"
-    precision: str = "auto"  # candidate evaluation: fp32, bf16, or auto (bf16 on CUDA when it keeps top-1)
-    executor: str = "local"  # local, multi-gpu or ray
-    workers: int | None = None
-    ray_address: str | None = None
-    threads: int | None = None
-    batch_size: int = 250
-    measure_batches: tuple[int, ...] = (1, 32)
-    measure_budget_s: float = 8.0
-    no_measure: bool = False
-    resume: bool = False
-    overwrite: bool = False
-    debug: bool = False
-    command: str = field(default="", compare=False)
+    # -- required (no default, so declared first), then model and data ------
+    model: str = setting(
+        required=True, flags=("model",), nargs="?", metavar="MODEL", group=INPUTS,
+        help="the pretrained classifier to compress: a PyTorch state_dict or checkpoint (.th/.pt, with --arch), "
+        "a TorchScript archive, an ONNX file (.onnx; it carries its own architecture, so no --arch), "
+        "or a whole pickled module (with --trust-pickle)",
+    )
+    data: str = setting(
+        required=True, metavar="VAL", group=INPUTS,
+        help="validation set (VAL) scored during the search: .npz with x (NHWC uint8, or NCHW float already "
+        "preprocessed) and y, or an ImageFolder directory",
+    )
+    out: str = setting(required=True, flags=("-o", "--out"), metavar="OUT", group=OUTPUT, resumable=True,
+                       help="output directory (a run directory may be moved and resumed elsewhere)")
+    target: str = setting("host", group=INPUTS, help="device to compile for (see --list-targets)")
+    arch: str | None = setting(
+        group=INPUTS,
+        help=f"architecture of a state_dict: a built-in ({', '.join(ARCH_BUILTINS)}), torchvision:NAME for any "
+        "torchvision classifier (e.g. torchvision:resnet18), or package.module:callable returning an nn.Module",
+    )
+    trust_pickle: bool = setting(False, group=INPUTS,
+                                 help="allow loading a whole pickled module (runs code from the file)")
+    test_data: str | None = setting(metavar="TEST", group=INPUTS, resumable=True,
+                                    help="held-out test set (TEST), only for the report; same formats as --data")
+    val_limit: int | None = setting(metavar="N", group=INPUTS, help="use only the first N validation images")
+    mean: tuple[float, ...] | None = setting(nargs="+", metavar="M", group=INPUTS,
+                                             help="per-channel mean of [0,1] pixels (default ImageNet's)")
+    std: tuple[float, ...] | None = setting(nargs="+", metavar="S", group=INPUTS,
+                                            help="per-channel std of [0,1] pixels (default ImageNet's)")
+    input_size: tuple[int, int] | None = setting(
+        nargs=2, metavar=("H", "W"), group=INPUTS,
+        help="model input size (ImageFolder images are resized and centre-cropped; default: the data's own)",
+    )
+    label_offset: int = setting(0, metavar="K", group=INPUTS, help="added to every label (1 for 1001-class TF models)")
+    # -- the search and its accuracy constraint ------------------------------
+    methods: tuple[str, ...] = setting(
+        ("ps",), type=comma_separated, group=SEARCH,
+        help="comma separated: ps (channel pruning), pn (unstructured magnitude pruning), svd (Gemm/1x1 conv), "
+        "tucker (kxk conv), d = svd,tucker; e.g. d,ps decomposes then prunes",
+    )
+    sampler: str = setting(
+        "gaussian", choices=SAMPLER_NAMES, group=SEARCH,
+        help="how AdaNS draws each iteration's samples from the good ones so far: gaussian (the paper's best), "
+        "genetic (selection, crossover, mutation), zoom (refines the best boxes), or uniform (no adaptation, "
+        "a baseline)",
+    )
+    cost: str = setting(
+        "macs", choices=tuple(cost_model_names()), group=SEARCH,
+        help="what the search minimises: macs (exact), latency (lookup table profiled on the target, "
+        "else a roofline estimate), memory (weight + peak activation bytes)",
+    )
+    lut: str | None = setting(
+        metavar="LUT", group=SEARCH, resumable=_lut_only_feeds_the_report,
+        help="latency lookup table from adans-profile (default: the target's own table, else a roofline estimate)",
+    )
+    accuracy_threshold: float | None = setting(metavar="PCT", group=CONSTRAINT, exclusive="constraint",
+                                               help="minimum top-1 on VAL, in percent")
+    max_accuracy_drop: float | None = setting(metavar="POINTS", group=CONSTRAINT, exclusive="constraint",
+                                              help="maximum top-1 drop on VAL, in points (default: 2)")
+    accuracy_floor: float | None = setting(
+        metavar="POINTS", group=CONSTRAINT,
+        help="floor of the accuracy drop in the score (default: the allowed drop)",
+    )
+    priority: str = setting("taylor", choices=("taylor", "l1"), group=SEARCH,
+                            help="channel priority: first-order Taylor, or the L1 norm of the weights")
+    round_to: int | None = setting(metavar="N", group=SEARCH,
+                                   help="keep a multiple of N channels in every group (e.g. 8 or 16)")
+    bn_recalibrate: int = setting(500, metavar="N", group=SEARCH,
+                                  help="re-estimate BatchNorm statistics of every candidate on N images (0 = off)")
+    calibration_data: str | None = setting(metavar="IMAGES", group=SEARCH,
+                                           help="images for --bn-recalibrate (default: the VAL images)")
+    # -- fine-tuning (runs after the search; its own checkpoint checks its settings) --
+    train_data: str | None = setting(metavar="TRAIN", group=FINETUNE, resumable=True,
+                                     help="training images (.npz or ImageFolder) for fine-tuning")
+    finetune_epochs: int = setting(0, metavar="E", group=FINETUNE, resumable=True,
+                                   help="epochs of fine-tuning (0: none)")
+    finetune_lr: float = setting(0.01, metavar="LR", group=FINETUNE, resumable=True,
+                                 help="initial SGD learning rate (cosine schedule)")
+    finetune_batch_size: int = setting(128, metavar="N", group=FINETUNE, resumable=True, help="fine-tuning batch size")
+    distill: bool = setting(False, group=FINETUNE, resumable=True,
+                            help="add knowledge distillation from the original model's logits")
+    finetune_baseline: bool = setting(
+        False, group=FINETUNE, resumable=True,
+        help="also fine-tune the baseline for E epochs on TRAIN, for a fair comparison when TRAIN is new data",
+    )
+    samples: int = setting(50, metavar="B", group=SEARCH, help="samples per iteration, b. " + _BUDGET)
+    iterations: int = setting(20, metavar="T", group=SEARCH, resumable=True,
+                              help="iterations, T, including the initial batch; a resume may add more. The default "
+                              "budget takes about an hour on a 2-core CPU (see --samples).")
+    boundary_rounds: int = setting(6, metavar="R", group=SEARCH, help="bisection rounds per site for the boundary")
+    seed: int = setting(0, group=SEARCH,
+                        help="seed of every random draw (search, fine-tuning): the same seed and settings give "
+                        "the same search history and result")
+    # -- where candidates are evaluated (does not change their accuracy) ------------
+    device: str = setting("cpu", group=EXECUTION, help="where candidates are evaluated: cpu or cuda")
+    precision: str = setting(
+        "auto", choices=("auto", "fp32", "bf16"), group=EXECUTION,
+        help="candidate evaluation precision (auto: bf16 + channels-last on CUDA when it keeps the baseline's "
+        "top-1 within 0.1 point)",
+    )
+    executor: str = setting("local", choices=("local", "multi-gpu", "ray"), group=EXECUTION, resumable=True,
+                            help="where candidates are evaluated: in process, one worker per GPU, or Ray actors")
+    workers: int | None = setting(metavar="N", group=EXECUTION, resumable=True,
+                                  help="worker count for --executor multi-gpu/ray (default: GPUs / CPUs)")
+    ray_address: str | None = setting(metavar="ADDR", group=EXECUTION, resumable=True,
+                                      help="an existing Ray cluster (default: start a local one)")
+    threads: int | None = setting(metavar="N", group=EXECUTION, resumable=True,
+                                  help="CPU threads for PyTorch and ONNX Runtime (default: the target's)")
+    batch_size: int = setting(250, metavar="N", group=EXECUTION, help="evaluation batch size")
+    # -- measurement and output ----------------------------------------------
+    measure_batches: tuple[int, ...] = setting((1, 32), nargs="+", metavar="N", group=OUTPUT,
+                                               help="batch sizes to measure speed at")
+    measure_budget_s: float = setting(8.0, flags=("--measure-budget",), metavar="SECONDS", group=OUTPUT,
+                                      resumable=True, help="seconds of timing per batch size")
+    no_measure: bool = setting(False, group=OUTPUT, resumable=True, help="skip the speed measurement")
+    resume: bool = setting(False, nargs="?", const=True, type=str, metavar="OUT", group=OUTPUT, resumable=True,
+                           help="continue the run in OUT (or -o) with the same settings")
+    overwrite: bool = setting(False, group=OUTPUT, resumable=True, help="replace a previous run in OUT")
+    debug: bool = setting(False, group=OUTPUT, resumable=True, help="show tracebacks")
+    # Not a setting: the command line, for the report.
+    command: str = field(default="", compare=False, metadata={"resumable": True})
+
+    def __post_init__(self) -> None:
+        methods = self.canonical_methods  # unknown names are a ConfigError
+        if methods == ("pn",) and self.cost in ("macs", "latency"):
+            raise ConfigError(
+                f"unstructured pruning alone does not change {'MACs' if self.cost == 'macs' else 'latency'} "
+                "(dense kernels run the zeros); search it with --cost memory, or combine it with ps or d"
+            )
+        if self.sampler not in SAMPLER_NAMES:
+            raise ConfigError(f"unknown sampler '{self.sampler}'; choose one of {', '.join(SAMPLER_NAMES)}")
+        if self.accuracy_threshold is not None and self.max_accuracy_drop is not None:
+            raise ConfigError("give either --accuracy-threshold or --max-accuracy-drop, not both")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
+            raise ConfigError("--max-accuracy-drop must be >= 0 points")
+        if self.accuracy_threshold is not None and not 0 < self.accuracy_threshold <= 100:
+            raise ConfigError("--accuracy-threshold is a top-1 percentage in (0, 100]")
+        if self.round_to is not None and self.round_to < 1:
+            raise ConfigError("--round-to must be a positive channel count (e.g. 8)")
+        if self.bn_recalibrate < 0:
+            raise ConfigError("--bn-recalibrate is a number of images (0 turns it off)")
+        if self.samples < 2 or self.iterations < 1:
+            raise ConfigError("--samples must be >= 2 and --iterations >= 1")
+        if self.priority not in ("taylor", "l1"):
+            raise ConfigError("--priority must be taylor or l1")
+        if self.device.startswith("cuda"):
+            import torch  # only here: building a config does not load PyTorch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("--device cuda was given but PyTorch sees no CUDA device; use --device cpu")
+        if (self.mean is None) != (self.std is None) or (self.mean and len(self.mean) != len(self.std)):
+            raise ConfigError("give --mean and --std together, with one value per image channel each")
+
+    @property
+    def canonical_methods(self) -> tuple[str, ...]:
+        """`methods` expanded, in canonical order: ('d', 'ps') -> ('ps', 'svd', 'tucker')."""
+        from adans_toolchain.plan.sites import parse_methods  # imports ONNX: not needed to build a parser
+
+        return parse_methods(self.methods)
 
     def resume_key(self) -> dict:
-        """The settings recorded in OUT/config.json and compared on --resume."""
-        d = asdict(self)
-        if self.cost != "latency":
-            # The table then only feeds the report's predicted latency, not the search:
-            # a finished MACs search can be resumed with a table to re-report it.
-            d.pop("lut")
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        """The settings recorded in OUT/config.json; a resume compares all but RESUMABLE_SETTINGS.
+
+        A setting that is resumable only under a condition (see `setting`) is left out of the
+        record while the condition holds, so neither run's record holds it.
+        """
+        record = {}
+        for f in fields(self):
+            mark = f.metadata.get("resumable", False)
+            if callable(mark) and mark(self):
+                continue
+            value = getattr(self, f.name)
+            record[f.name] = list(value) if isinstance(value, tuple) else value
+        return record
+
+
+def cli_settings() -> tuple[Field, ...]:
+    """The fields that are command-line settings, in declaration order."""
+    return tuple(f for f in fields(CompileConfig) if "help" in f.metadata)
+
+
+# Settings a resumed run may change without changing what was already computed.
+RESUMABLE_SETTINGS = frozenset(f.name for f in fields(CompileConfig) if f.metadata.get("resumable") is True)

@@ -5,7 +5,7 @@ Layout of OUT:
     history.jsonl      the search journal: every evaluated sample, as it goes
     state/             caches that make a resume cheap and exact:
         priorities.npz     channel priorities (ties broken identically)
-        evaluations.jsonl  accuracy of every plan evaluated so far
+        evaluations.jsonl  accuracy of every plan evaluated so far (evaluation.cache)
         boundary.json      the boundary characterisation
     model.onnx, baseline.onnx, plan.json, report.json, report.md, *.png
 
@@ -17,9 +17,7 @@ overwrites the artifacts of an earlier successful run until it succeeds.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +25,11 @@ import numpy as np
 
 from adans_toolchain.errors import OutputError, SearchStateError
 from adans_toolchain.fileio import atomic_write_bytes, atomic_write_text
+from adans_toolchain.pipeline.config import RESUMABLE_SETTINGS
 
 CONFIG = "config.json"
 HISTORY = "history.jsonl"
 STATE = "state"
-
-# Settings that may change between a run and its resume without changing
-# what has already been computed.
-RESUMABLE_CHANGES = frozenset({
-    "iterations", "resume", "overwrite", "debug", "measure_budget_s", "threads", "no_measure", "test_data", "command",
-    # A run directory may be moved or copied (e.g. from another machine) and resumed there.
-    "out",
-    # Where candidates are evaluated does not change their accuracy.
-    "executor", "workers", "ray_address",
-    # Fine-tuning runs after the search; its own checkpoint checks its settings.
-    "train_data", "finetune_epochs", "finetune_lr", "finetune_batch_size", "distill", "finetune_baseline",
-})
 
 
 class Workspace:
@@ -79,7 +66,7 @@ class Workspace:
         except (OSError, json.JSONDecodeError) as e:
             raise SearchStateError(f"cannot read {self.root / CONFIG} ({e}); start a fresh run with --overwrite") from e
         for key in sorted(set(previous) | set(config)):
-            if key in RESUMABLE_CHANGES:
+            if key in RESUMABLE_SETTINGS:  # marked `resumable` in pipeline/config.py
                 continue
             if previous.get(key) != config.get(key):
                 raise SearchStateError(
@@ -113,45 +100,3 @@ class Workspace:
     def save_json(self, name: str, value: Any) -> None:
         atomic_write_text(self.state / name, json.dumps(value, indent=1))
 
-
-class EvaluationCache:
-    """Accuracy of every plan evaluated so far, appended as it is measured.
-
-    Keyed by the number of units removed per site (the plan is determined by
-    it). It makes a resumed run skip evaluations already paid for, and a
-    search that proposes the same discrete plan twice evaluate it once.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.values: dict[str, dict] = {}
-        if not path.is_file():
-            return
-        lines = path.read_text().split("\n")
-        complete, tail = lines[:-1], lines[-1]  # text after the last newline was cut off mid-write
-        for i, line in enumerate(complete):
-            try:
-                record = json.loads(line)
-                self.values[record["key"]] = record
-            except (json.JSONDecodeError, KeyError):
-                raise SearchStateError(f"{path} is damaged at line {i + 1}; delete it to re-evaluate") from None
-        if tail:
-            warnings.warn(f"{path}: dropped a damaged last line (the run was killed while writing it)")
-            atomic_write_text(path, "".join(line + "\n" for line in complete))
-
-    @staticmethod
-    def key(removed: tuple[int, ...]) -> str:
-        return ",".join(str(r) for r in removed)
-
-    def get(self, key: str) -> dict | None:
-        return self.values.get(key)
-
-    def put_many(self, records: list[dict]) -> None:
-        if not records:
-            return
-        with open(self.path, "a") as f:
-            for r in records:
-                self.values[r["key"]] = r
-                f.write(json.dumps(r) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
