@@ -17,38 +17,55 @@ import numpy as np
 import onnx
 import torch
 
+from cost_models import workload_macs, workload_params
 from targets import Target, UnknownTargetError, load_target
 from targets.host import usable_cores
 
 from adans_toolchain.reporting import report as report_writer
+from adans_toolchain.reporting.facts import (
+    Accuracies,
+    BatchNormRecalibration,
+    CompileOutcome,
+    CompileSubject,
+    FinetuneFacts,
+    FinetuneRun,
+    ModelFacts,
+    PredictedLatency,
+    SearchFacts,
+    SplitAccuracy,
+)
 from adans_toolchain.analysis.channels import ChannelAnalysis, analyse_channels
 from adans_toolchain.analysis.graph import Graph
-from adans_toolchain.plan.workload import plan_workloads
-from adans_toolchain.search.boundary import characterise_boundary, initial_batch
+from adans_toolchain.plan.layer_table import plan_group_table, plan_layer_table
+from adans_toolchain.plan.workload import graph_workload, plan_workloads
+from adans_toolchain.search.boundary import Boundary, characterise_boundary, initial_batch, max_boundary_evaluations
+from adans_toolchain.search.types import Evaluation, SearchResult
 from adans_toolchain.pipeline.config import CompileConfig
 from adans_toolchain.pipeline.costing import predicted_latency, report_latency_model, search_cost_model
 from adans_toolchain.finetune.emit import finetune_model
-from adans_toolchain.lowering.emit import lower_plan, simplify
+from adans_toolchain.lowering.emit import Emitted, lower_plan, simplify
+from adans_toolchain.lowering.storage import storage
 from adans_toolchain.errors import ConfigError, DataError, InputError
-from adans_toolchain.evaluation.substitution import SubstitutionEvaluator, original_weights
-from adans_toolchain.evaluation.executors import EvaluatorSpec, evaluation_chunk, make_executor
+from adans_toolchain.evaluation.base import Evaluator, make_evaluator
+from adans_toolchain.evaluation.cache import CachedAccuracy, EvaluationCache
+from adans_toolchain.evaluation.substitution import original_weights
+from adans_toolchain.evaluation.executors import EvaluatorSpec, make_executor
 from adans_toolchain.fileio import atomic_write_bytes, atomic_write_text
 from adans_toolchain.frontend.data import IMAGENET_MEAN, IMAGENET_STD, ImageSet, Preprocessing, load_image_set
 from adans_toolchain.frontend.export import export_onnx
 from adans_toolchain.frontend.loading import load_model
-from adans_toolchain.frontend.onnx_model import OnnxModel, check_onnx_runs_on
-from adans_toolchain.evaluation.onnx_runtime import OnnxEvaluator
+from adans_toolchain.frontend.onnx_model import check_onnx_runs_on
 from adans_toolchain.finetune.train import FinetuneConfig
 from adans_toolchain.runtime.measure import measured_speedup
 from adans_toolchain.runtime.sessions import top1
 from adans_toolchain.plan import Plan
 from adans_toolchain.pipeline.progress import Progress
 from adans_toolchain.search.scoring import AdaNSScore
-from adans_toolchain.plan.sites import layer_sites, parse_methods
-from adans_toolchain.search import SAMPLER_NAMES, maximize
+from adans_toolchain.plan.sites import layer_sites
+from adans_toolchain.search import maximize
 from adans_toolchain.plan.space import CompressionSpace
 from adans_toolchain.transforms.plan_transform import PlanTransform
-from adans_toolchain.pipeline.workspace import EvaluationCache, Workspace
+from adans_toolchain.pipeline.workspace import Workspace
 
 DEFAULT_MAX_DROP = 2.0
 
@@ -65,37 +82,6 @@ class _Inputs:
     preprocessing: Preprocessing
     onnx_model: onnx.ModelProto
     analysis: ChannelAnalysis
-
-
-def check_config(cfg: CompileConfig) -> tuple[str, ...]:
-    """Validate the settings; returns the canonical method list."""
-    methods = parse_methods(cfg.methods)
-    if methods == ("pn",) and cfg.cost in ("macs", "latency"):
-        raise ConfigError(
-            f"unstructured pruning alone does not change {'MACs' if cfg.cost == 'macs' else 'latency'} "
-            "(dense kernels run the zeros); search it with --cost memory, or combine it with ps or d"
-        )
-    if cfg.sampler not in SAMPLER_NAMES:
-        raise ConfigError(f"unknown sampler '{cfg.sampler}'; choose one of {', '.join(SAMPLER_NAMES)}")
-    if cfg.accuracy_threshold is not None and cfg.max_accuracy_drop is not None:
-        raise ConfigError("give either --accuracy-threshold or --max-accuracy-drop, not both")
-    if cfg.max_accuracy_drop is not None and cfg.max_accuracy_drop < 0:
-        raise ConfigError("--max-accuracy-drop must be >= 0 points")
-    if cfg.accuracy_threshold is not None and not 0 < cfg.accuracy_threshold <= 100:
-        raise ConfigError("--accuracy-threshold is a top-1 percentage in (0, 100]")
-    if cfg.round_to is not None and cfg.round_to < 1:
-        raise ConfigError("--round-to must be a positive channel count (e.g. 8)")
-    if cfg.bn_recalibrate < 0:
-        raise ConfigError("--bn-recalibrate is a number of images (0 turns it off)")
-    if cfg.samples < 2 or cfg.iterations < 1:
-        raise ConfigError("--samples must be >= 2 and --iterations >= 1")
-    if cfg.priority not in ("taylor", "l1"):
-        raise ConfigError("--priority must be taylor or l1")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was given but PyTorch sees no CUDA device; use --device cpu")
-    if (cfg.mean is None) != (cfg.std is None) or (cfg.mean and len(cfg.mean) != len(cfg.std)):
-        raise ConfigError("give --mean and --std together, with one value per image channel each")
-    return methods
 
 
 def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
@@ -180,20 +166,20 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     progress = progress or Progress()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    methods = check_config(cfg)
+    methods = cfg.canonical_methods  # the config validated itself when it was built
     torch.manual_seed(cfg.seed)
     inputs = _load_inputs(cfg, progress)
     analysis = inputs.analysis
     cost_model = search_cost_model(cfg.cost, inputs.target, cfg.lut)
     transform = PlanTransform(analysis, original_weights(inputs.module, analysis))
-    evaluator_class = OnnxEvaluator if isinstance(inputs.module, OnnxModel) else SubstitutionEvaluator
-    options = {"precision": cfg.precision} if evaluator_class is SubstitutionEvaluator else {}
-    evaluator = evaluator_class(
+    evaluator = make_evaluator(
         inputs.module, inputs.val, transform, device=cfg.device, batch_size=cfg.batch_size, calibration=inputs.calibration,
-        **options,
+        precision=cfg.precision,
     )
     identity = Plan((), _fingerprint(inputs.onnx_model))
+    start = time.perf_counter()
     baseline_val = float(evaluator.accuracy([identity])[0])
+    timings["baseline_evaluation_s"] = time.perf_counter() - start
     drop = cfg.max_accuracy_drop if cfg.accuracy_threshold is None else None
     threshold = cfg.accuracy_threshold if cfg.accuracy_threshold is not None else baseline_val - (DEFAULT_MAX_DROP if drop is None else drop)
     if threshold > baseline_val:
@@ -230,7 +216,7 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     baseline_cost = float(cost_model.estimate(plan_workloads(analysis, [identity], batch=inputs.target.batch_size))[0])
     score = AdaNSScore(baseline_val, baseline_cost, threshold, floor)
     cache = EvaluationCache(ws.state / "evaluations.jsonl")
-    if cfg.executor != "local" and not isinstance(evaluator, SubstitutionEvaluator):
+    if cfg.executor != "local" and not evaluator.distributable:
         raise ConfigError(f"--executor {cfg.executor} distributes PyTorch models; an ONNX model is evaluated with --executor local")
     executor = make_executor(
         cfg.executor, evaluator, lambda: _evaluator_spec(inputs, transform, cfg, evaluator.precision),
@@ -238,10 +224,10 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     )
     run = _Run(cfg, inputs, evaluator, executor, transform, space, cost_model, score, cache, ws, identity, progress, timings, t0)
     try:
-        boundary, result, stats = _search(run)
-        notes = list(evaluator.notes)
-        best, best_plan = _select_plan(run, result, notes)
-        return _emit(run, boundary, result, stats, best, best_plan, notes)
+        search = SearchOutcome(*_search(run))
+        notes = tuple(evaluator.notes)
+        selected = _select_plan(run, search.result)
+        return _emit(run, search, selected, notes)
     finally:
         executor.close()
 
@@ -260,7 +246,7 @@ class _Run:
 
     cfg: CompileConfig
     inputs: _Inputs
-    evaluator: SubstitutionEvaluator | OnnxEvaluator
+    evaluator: Evaluator
     executor: object
     transform: PlanTransform
     space: CompressionSpace
@@ -279,36 +265,10 @@ def _search(run: _Run):
     cfg, space, cache, score, progress, timings = run.cfg, run.space, run.cache, run.score, run.progress, run.timings
     analysis, batch = run.inputs.analysis, run.inputs.target.batch_size
     threshold, baseline_cost = score.accuracy_threshold, score.baseline_cost
-    stats = {"evaluated": 0, "cached": 0, "eval_seconds": 0.0, "executor": run.executor.describe(),
-             "precision": getattr(run.evaluator, "precision", "fp32")}
+    # Every evaluation goes through the cache; its counters feed the progress bar and the report.
+    accuracies = CachedAccuracy(cache, space, run.executor, progress)
 
-    def accuracies(xs: np.ndarray, progress_label: str | None = None) -> np.ndarray:
-        xs = np.atleast_2d(xs)
-        keys = [cache.key(space.states(x)) for x in xs]
-        missing = {}
-        for k, x in zip(keys, xs):
-            if cache.get(k) is None and k not in missing:
-                missing[k] = x
-        # Evaluated and written in chunks: a bisection round can be a hundred or more
-        # evaluations, and a run killed mid-round keeps every finished chunk.
-        pending = list(missing.items())
-        chunk = evaluation_chunk(run.executor.workers)
-        show = progress_label is not None and len(pending) > chunk
-        for i in range(0, len(pending), chunk):
-            part = pending[i:i + chunk]
-            start = time.perf_counter()
-            acc = run.executor.accuracy(space.decode_batch(np.array([x for _, x in part])))
-            stats["eval_seconds"] += time.perf_counter() - start
-            cache.put_many([{"key": k, "accuracy": float(a)} for (k, _), a in zip(part, acc)])
-            if show:
-                rate = (stats["evaluated"] + i + len(part)) / max(stats["eval_seconds"], 1e-9)
-                progress.bar(i + len(part), len(pending), f"{progress_label}  ({rate:.2f} eval/s)")
-        if show:
-            progress.done()
-        stats["evaluated"] += len(missing)
-        stats["cached"] += len(xs) - len(missing)
-        return np.array([cache.get(k)["accuracy"] for k in keys])
-
+    progress.step(_budget_line(run))
     t = time.perf_counter()
     progress.step(f"boundary characterisation: bisection on {space.dim} coordinates ({len(space.sites)} sites)")
     # On resume every evaluation below is a cache hit, so this costs nothing.
@@ -344,7 +304,7 @@ def _search(run: _Run):
         return f, infos
 
     def on_iteration(summary) -> None:
-        rate = stats["evaluated"] / max(stats["eval_seconds"], 1e-9)
+        rate = accuracies.rate
         progress.bar(
             summary.iteration + 1,
             cfg.iterations,
@@ -369,115 +329,242 @@ def _search(run: _Run):
     )
     progress.done()
     timings["search_s"] = time.perf_counter() - t
+    stats = {"evaluated": accuracies.evaluated, "cached": accuracies.cached, "eval_seconds": accuracies.eval_seconds,
+             "executor": run.executor.describe(), "precision": run.evaluator.precision}
     return boundary, result, stats
 
 
-def _select_plan(run: _Run, result, notes: list[str]):
+def _budget_line(run: _Run) -> str:
+    """The most evaluations this compile will spend, and about how long, said before it starts."""
+    cfg, inputs = run.cfg, run.inputs
+    boundary = max_boundary_evaluations(run.space.levels, rounds=cfg.boundary_rounds)
+    search = cfg.samples * cfg.iterations
+    # A candidate costs the baseline's VAL pass plus, when BatchNorm is re-estimated, a pass over the calibration images.
+    calibration = len(inputs.calibration) if inputs.calibration is not None and run.evaluator.batchnorms else 0
+    per_evaluation = run.timings["baseline_evaluation_s"] * (1 + calibration / len(inputs.val)) / max(run.executor.workers, 1)
+    minutes = (boundary + search) * per_evaluation / 60
+    return (
+        f"budget: at most {boundary} boundary + {search} search evaluations (--samples {cfg.samples} x --iterations "
+        f"{cfg.iterations}), about {minutes:.0f} min at {per_evaluation:.1f} s each (the baseline's own evaluation time"
+        f"{', plus BatchNorm re-estimation' if calibration else ''}); evaluations already in OUT's cache cost nothing"
+    )
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What the boundary characterisation and AdaNS produced."""
+
+    boundary: Boundary
+    result: SearchResult
+    stats: dict  # evaluated, cached, eval_seconds, executor, precision
+
+
+@dataclass(frozen=True)
+class SelectedPlan:
+    """The plan to emit, the search sample it came from (None: the baseline), and why, when that needs saying."""
+
+    best: Evaluation | None
+    plan: Plan
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EmittedModels:
+    """baseline.onnx (the simplified original) and model.onnx (with its validation and pass log)."""
+
+    baseline: onnx.ModelProto
+    compressed: Emitted
+
+
+@dataclass(frozen=True)
+class FinetuneOutcome:
+    facts: FinetuneFacts
+    models: EmittedModels  # the fine-tuned compressed model; the baseline is the original either way
+    accuracies: Accuracies
+    before_finetune: onnx.ModelProto
+    baseline_finetuned: onnx.ModelProto | None
+
+
+def _select_plan(run: _Run, result: SearchResult) -> SelectedPlan:
     """The best feasible candidate, or the baseline when none is feasible and cheaper (with a note saying why)."""
     cfg, identity = run.cfg, run.identity
     feasible = [e for e in result.history if e.info.get("feasible")]
     best = max(feasible, key=lambda e: e.f) if feasible else None
-    best_plan = identity if best is None else run.space.decode(best.x)
     if best is None:
-        notes.append("no candidate met the accuracy threshold; the emitted model is the uncompressed baseline")
-    elif best.info["cost_ratio"] >= 1.0:
+        return SelectedPlan(None, identity, ("no candidate met the accuracy threshold; the emitted model is the uncompressed baseline",))
+    if best.info["cost_ratio"] >= 1.0:
         # Possible with a latency cost: channel counts off the runtime's SIMD blocking
         # can make every pruned candidate slower than the original.
-        notes.append(
+        return SelectedPlan(None, identity, (
             f"no candidate that met the accuracy threshold costs less than the baseline (the best costs "
             f"{best.info['cost_ratio']:.1%} of it by the {cfg.cost} model); the emitted model is the uncompressed baseline"
-            + ("; try --round-to 8 (or 16), which keeps channel counts the runtime runs fast" if cfg.cost == "latency" else "")
-        )
-        best, best_plan = None, identity
-    return best, best_plan
+            + ("; try --round-to 8 (or 16), which keeps channel counts the runtime runs fast" if cfg.cost == "latency" else ""),
+        ))
+    return SelectedPlan(best, run.space.decode(best.x))
 
 
-def _emit(run: _Run, boundary, result, stats: dict, best, best_plan: Plan, notes: list[str]) -> dict:
+def _emit(run: _Run, search: SearchOutcome, selected: SelectedPlan, evaluator_notes: tuple[str, ...]) -> dict:
     """Lower, validate, measure (and fine-tune if asked) the chosen plan; write OUT and the report."""
     cfg, inputs, evaluator, progress, timings = run.cfg, run.inputs, run.evaluator, run.progress, run.timings
-    analysis, transform = inputs.analysis, run.transform
+    plan = selected.plan
     progress.step("lowering the best plan and validating it numerically")
     t = time.perf_counter()
-    baseline_onnx = simplify(inputs.onnx_model)
-    emitted = lower_plan(inputs.onnx_model, analysis, best_plan, transform, evaluator, inputs.val.x, threads=inputs.threads)
+    models = EmittedModels(
+        simplify(inputs.onnx_model),
+        lower_plan(inputs.onnx_model, inputs.analysis, plan, run.transform, evaluator, inputs.val.x, threads=inputs.threads),
+    )
     timings["lower_validate_s"] = time.perf_counter() - t
 
     progress.step("measuring accuracy of the emitted ONNX models")
-    splits = {"val": inputs.val, "test": inputs.test}
-    accuracy = {}
-    for split, data in splits.items():
-        if data is not None:
-            accuracy[f"baseline_{split}"] = _top1(baseline_onnx, data, threads=inputs.threads, batch_size=cfg.batch_size)
-            accuracy[f"compressed_{split}"] = _top1(emitted.model, data, threads=inputs.threads, batch_size=cfg.batch_size)
-            if evaluator.recalibrates(best_plan):
-                # What the same plan scores with the trained statistics, for the report.
-                accuracy[f"compressed_{split}_without_bn_recalibration"] = evaluator.accuracy_on(best_plan, data, recalibrate=False)
-    finetuning = None
+    accuracies = _accuracies(cfg, inputs, evaluator, models, plan)
+    finetuned = None
     if cfg.finetune_epochs:
         t = time.perf_counter()
-        finetuning, emitted, baseline_onnx = _finetune(cfg, inputs, emitted, baseline_onnx, run.ws, progress, accuracy)
+        finetuned = _finetune(cfg, inputs, models, run.ws, progress, accuracies)
+        models, accuracies = finetuned.models, finetuned.accuracies
         timings["finetune_s"] = time.perf_counter() - t
     measured = None
     if not cfg.no_measure:
         progress.step(f"measuring speed in ONNX Runtime ({inputs.threads} threads, batches {list(cfg.measure_batches)})")
         t = time.perf_counter()
         measured = measured_speedup(
-            baseline_onnx, emitted.model, inputs.val.image_shape, tuple(cfg.measure_batches), threads=inputs.threads,
+            models.baseline, models.compressed.model, inputs.val.image_shape, tuple(cfg.measure_batches), threads=inputs.threads,
             time_budget_s=cfg.measure_budget_s,
         )
         timings["measure_s"] = time.perf_counter() - t
-    latency = _predicted_latency(cfg, inputs, run.cost_model, run.identity, best_plan, notes)
+    latency, latency_notes = _predicted_latency(cfg, inputs, run.cost_model, run.identity, plan)
+    notes = list(evaluator_notes) + list(selected.notes)
+    notes.extend(n for n in latency_notes if n not in notes)
     timings["total_s"] = time.perf_counter() - run.t0
 
     out = Path(cfg.out)
-    atomic_write_bytes(out / "baseline.onnx", baseline_onnx.SerializeToString())
-    atomic_write_bytes(out / "model.onnx", emitted.model.SerializeToString())
-    atomic_write_text(out / "plan.json", best_plan.to_json())
-    report = report_writer.build_report(
-        cfg=cfg,
-        inputs=inputs,
-        space=run.space,
-        boundary=boundary,
-        score=run.score,
-        result=result,
-        best=best,
-        plan=best_plan,
-        baseline_onnx=baseline_onnx,
-        lowered=emitted.model,
-        validation=emitted.validation,
-        accuracy=accuracy,
+    atomic_write_bytes(out / "baseline.onnx", models.baseline.SerializeToString())
+    atomic_write_bytes(out / "model.onnx", models.compressed.model.SerializeToString())
+    atomic_write_text(out / "plan.json", plan.to_json())
+    if finetuned is not None:
+        atomic_write_bytes(out / "model_before_finetune.onnx", finetuned.before_finetune.SerializeToString())
+        if finetuned.baseline_finetuned is not None:
+            atomic_write_bytes(out / "baseline_finetuned.onnx", finetuned.baseline_finetuned.SerializeToString())
+    outcome = CompileOutcome(
+        baseline=_model_facts(models.baseline, inputs.val.image_shape, run.cost_model),
+        compressed=_model_facts(models.compressed.model, inputs.val.image_shape, run.cost_model),
+        accuracies=accuracies,
+        validation=models.compressed.validation.as_dict(),
+        pass_log=models.compressed.pass_log,
+        layers=tuple(plan_layer_table(inputs.analysis, plan)),
+        groups=tuple(plan_group_table(inputs.analysis, plan)),
         measured=measured,
-        pass_log=emitted.pass_log,
-        finetuning=finetuning,
-        stats=stats,
-        timings=timings,
-        notes=notes,
-        cost_model=run.cost_model,
         latency=latency,
+        finetuning=None if finetuned is None else finetuned.facts,
     )
-    report_writer.write_report(out, report, result)
+    report = report_writer.build_report(
+        cfg, _subject(inputs), _search_facts(run, search, selected, evaluator.recalibrates(plan)), outcome,
+        notes=notes, timings=timings,
+    )
+    report_writer.write_report(out, report, search.result.iterations)
     progress.step(f"done: {out / 'report.md'}")
     return report
 
 
-def _predicted_latency(cfg: CompileConfig, inputs: _Inputs, cost_model, identity: Plan, plan: Plan, notes: list[str]) -> dict | None:
-    """Baseline and emitted model latency on the target, as the latency cost model predicts it (Table IV)."""
+def _subject(inputs: _Inputs) -> CompileSubject:
+    return CompileSubject(
+        description=inputs.model_description,
+        input_shape=tuple(inputs.val.image_shape),
+        target=inputs.target.as_dict(),
+        val_images=len(inputs.val),
+        test_images=None if inputs.test is None else len(inputs.test),
+        preprocessing=inputs.preprocessing.as_dict(),
+        versions=report_writer.environment_versions(),
+    )
+
+
+def _search_facts(run: _Run, search: SearchOutcome, selected: SelectedPlan, recalibrated: bool) -> SearchFacts:
+    cfg, inputs, score, result, stats = run.cfg, run.inputs, run.score, search.result, search.stats
+    best = selected.best
+    return SearchFacts(
+        methods=tuple(report_writer.space_methods(run.space)),
+        sites=tuple(run.space.names),
+        cost=run.cost_model.describe(),
+        score=score.as_dict(),
+        accuracy_threshold=score.accuracy_threshold,
+        baseline_accuracy=score.baseline_accuracy,
+        boundary=search.boundary.as_dict(),
+        evaluations=stats["evaluated"],
+        cache_hits=stats["cached"],
+        eval_seconds=stats["eval_seconds"],
+        executor=stats.get("executor"),
+        precision=stats.get("precision"),
+        resumed_from=result.resumed_from,
+        best=None if best is None else {"f": best.f, "iteration": best.iteration, **best.info},
+        feasible_samples=sum(1 for e in result.history if e.info.get("feasible")),
+        history_samples=len(result.history),
+        iterations=tuple(result.iterations),
+        bn_recalibration=BatchNormRecalibration(
+            images=0 if inputs.calibration is None else len(inputs.calibration),
+            source=cfg.calibration_data or (cfg.data if inputs.calibration is not None else None),
+            from_val=inputs.calibration is not None and not cfg.calibration_data,
+            applied_to_emitted=recalibrated,
+        ),
+    )
+
+
+def _model_facts(model: onnx.ModelProto, image_shape: tuple[int, ...], cost_model) -> ModelFacts:
+    """MACs, parameters and search cost of an emitted ONNX model (its own graph, as written), and its storage."""
+    work = graph_workload(Graph.from_model(model, image_shape))
+    return ModelFacts(workload_macs(work), workload_params(work), float(cost_model.estimate([work])[0]), storage(model))
+
+
+def _accuracies(cfg: CompileConfig, inputs: _Inputs, evaluator, models: EmittedModels, plan: Plan) -> Accuracies:
+    """Top-1 of the emitted ONNX models on VAL (and TEST), and of the plan with trained BatchNorm statistics."""
+    splits = {}
+    for split, data in (("val", inputs.val), ("test", inputs.test)):
+        if data is None:
+            continue
+        baseline = _top1(models.baseline, data, threads=inputs.threads, batch_size=cfg.batch_size)
+        compressed = _top1(models.compressed.model, data, threads=inputs.threads, batch_size=cfg.batch_size)
+        # What the same plan scores with the trained statistics, for the report.
+        without = evaluator.accuracy_on(plan, data, recalibrate=False) if evaluator.recalibrates(plan) else None
+        splits[split] = SplitAccuracy(baseline, compressed, compressed_without_bn_recalibration=without)
+    return Accuracies(**splits)
+
+
+def _predicted_latency(
+    cfg: CompileConfig, inputs: _Inputs, cost_model, identity: Plan, plan: Plan
+) -> tuple[PredictedLatency | None, tuple[str, ...]]:
+    """Baseline and emitted model latency on the target, as the latency cost model predicts it (Table IV), and notes."""
     model, why_not = report_latency_model(cost_model, inputs.target, cfg.lut)
     if model is None:
-        notes.append(why_not)
-        return None
+        return None, (why_not,)
     totals, layers, why_not = predicted_latency(model, inputs.analysis, [identity, plan], inputs.target.batch_size)
     if why_not:
-        notes.append(why_not)
-        return None
+        return None, (why_not,)
     described = model.describe()
-    notes.extend(n for n in described["notes"] if n not in notes)
-    return {"baseline_ms": totals[0], "compressed_ms": totals[1], "layers_ms": layers,
-            "source": described["latency_source"], "model": described}
+    latency = PredictedLatency(
+        baseline_ms=totals[0], compressed_ms=totals[1], layers_ms=(layers[0], layers[1]),
+        source=described["latency_source"], model=described, reduces_to_theoretical=_reduces_to_macs(model),
+    )
+    return latency, tuple(described["notes"])
 
 
-def _finetune(cfg: CompileConfig, inputs: _Inputs, emitted, baseline_onnx, ws: Workspace, progress: Progress, accuracy: dict):
-    """Fine-tune the emitted model (and, if asked, the baseline) on TRAIN; updates `accuracy` in place."""
+def _reduces_to_macs(model) -> str | None:
+    """Why the predicted speedup is the theoretical one in disguise, or None: a roofline without a bandwidth.
+
+    Then every kernel costs FLOPs / peak (plus a constant per kernel), so
+    the predicted ratio is the MACs ratio and the column adds nothing.
+    """
+    roofline = getattr(model, "roofline", None)
+    if getattr(model, "table", None) is not None or roofline is None or roofline.bandwidth_gbs:
+        return None
+    why = (f"the roofline has no memory bandwidth for target `{model.target.id}`, so it prices every kernel "
+           f"by its FLOPs at peak ({roofline.peak_gflops:g} GFLOP/s)")
+    if roofline.overhead_ms:
+        return why + f" plus a fixed {roofline.overhead_ms * 1e3:g} us, which is MACs plus a per-kernel constant"
+    return why + ", which reduces to MACs"
+
+
+def _finetune(cfg: CompileConfig, inputs: _Inputs, models: EmittedModels, ws: Workspace, progress: Progress,
+              accuracies: Accuracies) -> FinetuneOutcome:
+    """Fine-tune the emitted model (and, if asked, the baseline) on TRAIN, and measure them again."""
     if not cfg.train_data:
         raise ConfigError("--finetune-epochs needs --train-data (training images)")
     train = load_image_set(cfg.train_data, inputs.preprocessing, explicit_normalisation=cfg.mean is not None)
@@ -487,11 +574,12 @@ def _finetune(cfg: CompileConfig, inputs: _Inputs, emitted, baseline_onnx, ws: W
         epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size, distill=cfg.distill, seed=cfg.seed
     )
     teacher = inputs.module if cfg.distill else None
-    result = {"config": config.__dict__, "train_images": len(train), "train_data": cfg.train_data}
+    emitted = models.compressed
     runs = [("compressed", emitted)]
     if cfg.finetune_baseline:
         runs.append(("baseline", None))
-    outputs = {}
+    outputs, logs = {}, {}
+    splits = {"val": accuracies.val, "test": accuracies.test}
     for name, source in runs:
         pre = source.pre_simplify if source is not None else inputs.onnx_model
         progress.step(f"fine-tuning the {name} model: {config.epochs} epochs on {len(train)} images")
@@ -503,27 +591,25 @@ def _finetune(cfg: CompileConfig, inputs: _Inputs, emitted, baseline_onnx, ws: W
         )
         progress.done()
         outputs[name] = done
-        result[name] = {
-            "train_loss": done.log.train_loss, "train_top1": done.log.train_top1,
-            "resumed_from_epoch": done.log.resumed_from_epoch, "interpreter_check_relative_diff": done.self_check,
-            "validation": done.emitted.validation.as_dict(),
-        }
+        logs[name] = FinetuneRun(
+            train_loss=done.log.train_loss, train_top1=done.log.train_top1, resumed_from_epoch=done.log.resumed_from_epoch,
+            interpreter_check_relative_diff=done.self_check, validation=done.emitted.validation.as_dict(),
+        )
         for split, data in (("val", inputs.val), ("test", inputs.test)):
             if data is None:
                 continue
-            key = f"{name}_{split}"
             after = _top1(done.emitted.model, data, threads=inputs.threads, batch_size=cfg.batch_size)
             if name == "compressed":
-                accuracy[f"{key}_before_finetune"] = accuracy[key]
-                accuracy[key] = after
+                splits[split] = dataclasses.replace(splits[split], compressed=after, compressed_before_finetune=splits[split].compressed)
             else:
-                accuracy[f"{key}_finetuned"] = after
-    out = Path(cfg.out)
-    atomic_write_bytes(out / "model_before_finetune.onnx", emitted.model.SerializeToString())
-    if "baseline" in outputs:
-        atomic_write_bytes(out / "baseline_finetuned.onnx", outputs["baseline"].emitted.model.SerializeToString())
+                splits[split] = dataclasses.replace(splits[split], baseline_finetuned=after)
+    facts = FinetuneFacts(config.__dict__, len(train), cfg.train_data, logs["compressed"], logs.get("baseline"))
     # Speed is compared against the original baseline either way (fine-tuning does not change speed).
-    return result, outputs["compressed"].emitted, baseline_onnx
+    return FinetuneOutcome(
+        facts, EmittedModels(models.baseline, outputs["compressed"].emitted), Accuracies(**splits),
+        before_finetune=emitted.model,
+        baseline_finetuned=outputs["baseline"].emitted.model if "baseline" in outputs else None,
+    )
 
 
 def _top1(model: onnx.ModelProto, data: ImageSet, *, threads: int, batch_size: int) -> float:

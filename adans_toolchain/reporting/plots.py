@@ -1,4 +1,4 @@
-"""Plots of a search: convergence (best f, mean f(S_g), α_t, e_avg per
+"""Plots of a search: convergence (best f, mean f(S_g), α_t, e_avg and e_range per
 iteration — the paper's Fig. 11 style) and samples over a 2-D function (the
 paper's Fig. 10).
 
@@ -28,28 +28,49 @@ def _pyplot() -> Any:
 
 
 def plot_convergence(iterations: Sequence[IterationSummary], path: str | os.PathLike[str]) -> Path:
-    """Best f and mean f(S_g) per iteration; α_t (and e_avg, if any) on a second axis."""
+    """Two panels over the iterations: the scores with α_t on its own axis; the reconstruction errors.
+
+    Top: best f and mean f(S_g) (left axis) and α_t (right axis, 0..1).
+    Bottom: e_avg and e_range (see IterationSummary), on a log scale when
+    they are positive, since e_avg spikes when scores are near 0. Legends
+    sit outside the axes, right of each panel, so they never cover data.
+    """
     if not iterations:
         raise ValueError("no iterations to plot")
     plt = _pyplot()
     t = [s.iteration for s in iterations]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, err) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     try:
-        ax.plot(t, [s.best_f for s in iterations], label="best f", color="tab:blue")
-        ax.plot(t, [s.mean_good_f for s in iterations], label="mean f(S_g)", color="tab:green")
-        ax.set_xlabel("iteration")
+        ax.plot(t, [s.best_f for s in iterations], label="best f", color="tab:blue", marker=".")
+        ax.plot(t, [s.mean_good_f for s in iterations], label="mean f(S_g)", color="tab:green", marker=".")
         ax.set_ylabel("score f")
-        right = ax.twinx()
-        right.plot(t, [s.alpha for s in iterations], label="α_t", color="tab:orange", linestyle="--")
-        with_error = [(s.iteration, s.e_avg) for s in iterations if s.e_avg is not None]
-        if with_error:
-            right.plot(*zip(*with_error), label="e_avg", color="tab:red", linestyle=":")
-        right.set_ylabel("α_t, e_avg")
-        lines = ax.get_legend_handles_labels()
-        more = right.get_legend_handles_labels()
-        ax.legend(lines[0] + more[0], lines[1] + more[1], loc="best")
+        alpha_ax = ax.twinx()
+        alpha_ax.plot(t, [s.alpha for s in iterations], label="α_t", color="tab:orange", linestyle="--", marker=".")
+        alpha_ax.set_ylim(-0.02, 1.02)
+        alpha_ax.set_ylabel("α_t (good-set threshold)")
+        handles, labels = ax.get_legend_handles_labels()
+        more = alpha_ax.get_legend_handles_labels()
+        ax.legend(handles + more[0], labels + more[1], loc="upper left", bbox_to_anchor=(1.12, 1.0), borderaxespad=0.0)
+
+        errors = [("e_avg", "tab:red", [(s.iteration, s.e_avg) for s in iterations if s.e_avg is not None]),
+                  ("e_range", "tab:purple", [(s.iteration, s.e_range) for s in iterations if s.e_range is not None])]
+        plotted = [values for _, _, values in errors if values]
+        for name, color, values in errors:
+            if values:
+                err.plot(*zip(*values), label=name, color=color, marker="o", markersize=3)
+        if plotted:
+            if all(v > 0 for values in plotted for _, v in values):
+                err.set_yscale("log")
+            err.legend(loc="upper left", bbox_to_anchor=(1.12, 1.0), borderaxespad=0.0)
+        else:
+            err.text(0.5, 0.5, "no reconstruction errors (analysis off or nothing to fit)", transform=err.transAxes,
+                     ha="center", va="center", color="0.4")
+            err.set_yticks([])
+        err.set_ylabel("reconstruction error")
+        err.set_xlabel("iteration")
+        err.xaxis.get_major_locator().set_params(integer=True)
         fig.tight_layout()
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")
     finally:
         plt.close(fig)
     return Path(path)

@@ -1,4 +1,9 @@
-"""report.json (for tools) and report.md (for people), plus the convergence plot."""
+"""report.json (for tools) and report.md (for people), plus the convergence plot.
+
+Formatting only: every number comes from the typed facts in
+reporting/facts.py, which the pipeline computes; nothing here runs or
+analyses a model.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,16 @@ import json
 import platform
 from pathlib import Path
 
-from cost_models import workload_macs, workload_params
+from typing import Mapping, Sequence
 
 from adans_toolchain import __version__
-from adans_toolchain.analysis.factors import origin_layer
-from adans_toolchain.analysis.graph import Graph
-from adans_toolchain.plan.workload import graph_workload, plan_workload
 from adans_toolchain.fileio import atomic_write_text
+from adans_toolchain.reporting.facts import CompileOutcome, CompileSubject, ModelFacts, PredictedLatency, SearchFacts
+from adans_toolchain.search.types import IterationSummary
 
 
-def _versions() -> dict:
+def environment_versions() -> dict:
+    """Versions of adans and the libraries a compile used (the pipeline records them in CompileSubject)."""
     import numpy
     import onnx
     import onnxruntime
@@ -34,182 +39,96 @@ def _versions() -> dict:
     }
 
 
-def plan_layer_table(analysis, plan) -> list[dict]:
-    """Per weighted layer: what the plan does to it, channels, MACs and parameters before and after."""
-    from cost_models import op_macs
+def build_report(cfg, subject: CompileSubject, search: SearchFacts, outcome: CompileOutcome, *,
+                 notes: list[str], timings: dict[str, float]) -> dict:
+    """report.json's content from facts the pipeline computed; formats only (runs and analyses nothing).
 
-    before = [op for op in plan_workload(analysis, None) if op.op_type in _WEIGHTED]
-    after: dict[str, list] = {}
-    for op in plan_workload(analysis, plan):
-        if op.op_type in _WEIGHTED:
-            after.setdefault(origin_layer(op.name), []).append(op)
-    nodes = {n.name: n for n in analysis.graph.nodes}
-    rows = []
-    for b in before:
-        node = nodes.get(b.name)
-        weight = node.input[1] if node is not None and len(node.input) > 1 else b.name
-        ops = after.get(b.name, [b])
-        d, sp = plan.decomposition_for(weight), plan.sparsity_for(weight)
-        edits = []
-        if d is not None and not d.is_identity:
-            edits.append(f"{d.method} rank {d.ranks[0]}" if d.method == "svd" else f"tucker ranks ({d.ranks[0]}, {d.ranks[1]})")
-        if sp is not None and sp.removed:
-            edits.append(f"{sp.removed / sp.size:.0%} zero weights")
-        if ops[0].input_shape[1] != b.input_shape[1] or ops[-1].output_shape[1] != b.output_shape[1]:
-            edits.insert(0, "channels pruned")
-        rows.append(
-            {
-                "layer": weight.removesuffix(".weight"),
-                "node": b.name,
-                "op": b.op_type + (" (depthwise)" if b.groups > 1 and b.groups == b.input_shape[1] else ""),
-                "edit": ", ".join(edits) or "—",
-                "in_channels": [b.input_shape[1], ops[0].input_shape[1]],
-                "out_channels": [b.output_shape[1], ops[-1].output_shape[1]],
-                "macs": [op_macs(b), sum(op_macs(o) for o in ops)],
-                "params": [_params(b), sum(_params(o) for o in ops)],
-                **({"decomposition": {"method": d.method, "ranks": list(d.ranks), "full": list(d.full)}} if d and not d.is_identity else {}),
-                **({"sparsity": sp.removed / sp.size} if sp and sp.removed else {}),
-            }
-        )
-    return rows
+    `cfg` is the compile's settings (pipeline.config.CompileConfig), echoed as given.
+    """
+    unit = search.cost["unit"]
 
+    def side(name: str, facts: ModelFacts) -> dict:
+        return {"macs": facts.macs, "params": facts.params, "cost": {unit: facts.cost}, "storage": facts.storage.as_dict(),
+                **outcome.accuracies.side(name)}
 
-_WEIGHTED = ("Conv", "Gemm", "MatMul", "ConvTranspose")
-
-
-def _params(op) -> int:
-    from math import prod
-
-    return prod(op.weight_shape) + (op.output_shape[1] if op.has_bias else 0)
-
-
-def storage(model) -> dict:
-    """Sizes of the emitted model's weights: dense, in a bitmask + values format, and the compressed file."""
-    import zlib
-
-    import numpy as np
-    from onnx import numpy_helper
-
-    elements = nonzero = 0
-    for init in model.graph.initializer:
-        value = numpy_helper.to_array(init)
-        if value.dtype.kind == "f":
-            elements += value.size
-            nonzero += int(np.count_nonzero(value))
-    file_bytes = model.SerializeToString()
-    return {
-        "weights": elements,
-        "nonzero_weights": nonzero,
-        "dense_bytes": 4 * elements,
-        "bitmask_plus_values_bytes": (elements + 7) // 8 + 4 * nonzero,
-        "file_bytes": len(file_bytes),
-        "file_bytes_zlib": len(zlib.compress(file_bytes, 9)),
-    }
-
-
-def build_report(*, cfg, inputs, space, boundary, score, result, best, plan, baseline_onnx, lowered, validation,
-                 accuracy, measured, pass_log, stats, timings, notes, cost_model, finetuning=None, latency=None) -> dict:
-    analysis = inputs.analysis
-    base_work = graph_workload(Graph.from_model(baseline_onnx, inputs.val.image_shape))
-    comp_work = graph_workload(Graph.from_model(lowered, inputs.val.image_shape))
-    base_macs, comp_macs = workload_macs(base_work), workload_macs(comp_work)
-    base_cost = float(cost_model.estimate([base_work])[0])
-    comp_cost = float(cost_model.estimate([comp_work])[0])
-
-    def side(name: str, macs: int, params: int, cost: float, model) -> dict:
-        entry = {"macs": macs, "params": params, "cost": {cost_model.unit: cost}, "storage": storage(model)}
-        # accuracy["compressed_test_before_finetune"] -> entry["top1_test_before_finetune"]
-        for key, value in sorted(accuracy.items()):
-            if key.startswith(f"{name}_"):
-                entry[f"top1_{key[len(name) + 1:]}"] = value
-        return entry
-
-    kept = {p.group: len(p.keep) for p in plan.pruning}
-    groups = [
-        {
-            "id": g.id,
-            "channels": g.size,
-            "kept": kept.get(g.id, g.size),
-            "tensors": len(g.tensors),
-            "producers": len(g.producers),
-            "prunable": g.prunable,
-            **({"reason": g.frozen_reason} if not g.prunable else {}),
-        }
-        for g in analysis.groups
-    ]
-    speedup = {"theoretical": base_macs / comp_macs}
+    base, comp, latency = outcome.baseline, outcome.compressed, outcome.latency
+    speedup = {"theoretical": base.macs / comp.macs}
     if latency is not None:
-        speedup["predicted"] = latency["baseline_ms"] / latency["compressed_ms"]
-        speedup["predicted_source"] = latency["source"]
-    if measured is not None:
-        speedup["measured_host"] = measured
-    layers = plan_layer_table(analysis, plan)
+        speedup["predicted"] = latency.baseline_ms / latency.compressed_ms
+        speedup["predicted_source"] = latency.source
+    if outcome.measured is not None:
+        speedup["measured_host"] = dict(outcome.measured)
+    layers = [dict(row) for row in outcome.layers]
+    groups = [dict(g) for g in outcome.groups]
+    bn = search.bn_recalibration
     report = {
         "format": "adans-report/1",
         "command": cfg.command,
         "seed": cfg.seed,
-        "versions": _versions(),
-        "model": {"path": cfg.model, "description": inputs.model_description, "input_shape": list(inputs.val.image_shape)},
-        "target": inputs.target.as_dict(),
+        "versions": dict(subject.versions),
+        "model": {"path": cfg.model, "description": subject.description, "input_shape": list(subject.input_shape)},
+        "target": dict(subject.target),
         "data": {
-            "val": {"path": cfg.data, "images": len(inputs.val)},
-            **({"test": {"path": cfg.test_data, "images": len(inputs.test)}} if inputs.test is not None else {}),
-            "preprocessing": inputs.preprocessing.as_dict(),
+            "val": {"path": cfg.data, "images": subject.val_images},
+            **({"test": {"path": cfg.test_data, "images": subject.test_images}} if subject.test_images is not None else {}),
+            "preprocessing": dict(subject.preprocessing),
         },
-        "baseline": side("baseline", base_macs, workload_params(base_work), base_cost, baseline_onnx),
-        "compressed": side("compressed", comp_macs, workload_params(comp_work), comp_cost, lowered),
+        "baseline": side("baseline", base),
+        "compressed": side("compressed", comp),
         "speedup": speedup,
-        "table_iv": table_iv(speedup, layers, latency, inputs.target),
-        "validation": validation.as_dict(),
+        "table_iv": table_iv(speedup, layers, latency, subject.target),
+        "validation": dict(outcome.validation),
         "search": {
-            "methods": list(space_methods(space)),
+            "methods": list(search.methods),
             "sampler": cfg.sampler,
-            "cost": cost_model.describe(),
+            "cost": dict(search.cost),
             "samples": cfg.samples,
             "iterations": cfg.iterations,
             "priority": cfg.priority,
             "round_to": cfg.round_to,
             "bn_recalibration": {
-                "images": 0 if inputs.calibration is None else len(inputs.calibration),
-                "source": cfg.calibration_data or (cfg.data if inputs.calibration is not None else None),
+                "images": bn.images,
+                "source": bn.source,
                 "note": "every compressed candidate is scored, and the model emitted, with BatchNorm statistics "
                 "re-estimated on these images (one forward pass, no weight updates)",
+                "from_val": bn.from_val,
+                "applied_to_emitted": bn.applied_to_emitted,
             },
-            "score": score.as_dict(),
-            "accuracy_threshold": score.accuracy_threshold,
-            "baseline_top1_val_substituted": score.baseline_accuracy,
-            "boundary": boundary.as_dict(),
-            "sites": space.names,
-            "evaluations": stats["evaluated"],
-            "cache_hits": stats["cached"],
-            "evaluations_per_s": stats["evaluated"] / max(stats["eval_seconds"], 1e-9),
-            "executor": stats.get("executor"),
-            "precision": stats.get("precision"),
-            "resumed_from_iteration": result.resumed_from,
-            "best": None if best is None else {"f": best.f, "iteration": best.iteration, **best.info},
-            "feasible_samples": sum(1 for e in result.history if e.info.get("feasible")),
-            "history_samples": len(result.history),
+            "score": dict(search.score),
+            "accuracy_threshold": search.accuracy_threshold,
+            "baseline_top1_val_substituted": search.baseline_accuracy,
+            "boundary": dict(search.boundary),
+            "sites": list(search.sites),
+            "evaluations": search.evaluations,
+            "cache_hits": search.cache_hits,
+            "evaluations_per_s": search.evaluations / max(search.eval_seconds, 1e-9),
+            "executor": search.executor,
+            "precision": search.precision,
+            "resumed_from_iteration": search.resumed_from,
+            "best": None if search.best is None else dict(search.best),
+            "feasible_samples": search.feasible_samples,
+            "history_samples": search.history_samples,
             "iterations_log": [
                 {k: getattr(s, k) for k in ("iteration", "alpha", "n_good", "mean_good_f", "best_f", "e_avg", "e_range", "n_evaluations", "elapsed_s")}
-                for s in result.iterations
+                for s in search.iterations
             ],
         },
         "groups": groups,
         "frozen_groups": [{"id": g["id"], "channels": g["channels"], "reason": g["reason"]} for g in groups if not g["prunable"]],
         "layers": layers,
-        **({"finetuning": finetuning} if finetuning else {}),
-        "lowering": pass_log,
+        **({"finetuning": outcome.finetuning.as_dict()} if outcome.finetuning else {}),
+        "lowering": outcome.pass_log,
         "timings_s": timings,
         "notes": notes,
     }
     if latency is not None:
-        for name in ("baseline", "compressed"):
-            report[name]["latency_ms"] = latency[f"{name}_ms"]
-            report[name]["latency_source"] = latency["source"]
+        for name, ms in (("baseline", latency.baseline_ms), ("compressed", latency.compressed_ms)):
+            report[name]["latency_ms"] = ms
+            report[name]["latency_source"] = latency.source
     return report
 
 
-def table_iv(speedup: dict, layers: list[dict], latency: dict | None, target) -> dict:
+def table_iv(speedup: dict, layers: list[dict], latency: PredictedLatency | None, target: Mapping) -> dict:
     """Theoretical (MACs), predicted (latency model on the target) and measured (ONNX Runtime, host) speedups.
 
     The paper's Table IV reports measured/theoretical per model; per layer,
@@ -222,13 +141,14 @@ def table_iv(speedup: dict, layers: list[dict], latency: dict | None, target) ->
         "theoretical": speedup["theoretical"],
         "predicted": speedup.get("predicted"),
         "predicted_source": speedup.get("predicted_source"),
-        "predicted_for": {"target": target.id, "batch_size": target.batch_size, "threads": target.threads},
+        "predicted_for": {"target": target["id"], "batch_size": target["batch_size"], "threads": target["threads"]},
         "measured_host": measured,
         "measured_over_theoretical": {b: m / speedup["theoretical"] for b, m in measured.items()},
         "measured_over_predicted": {b: m / speedup["predicted"] for b, m in measured.items()} if speedup.get("predicted") else {},
+        "predicted_reduces_to_theoretical": None if latency is None else latency.reduces_to_theoretical,
     }
     rows = []
-    per_layer = latency["layers_ms"] if latency is not None else None
+    per_layer = latency.layers_ms if latency is not None else None
     for row in layers:
         macs_before, macs_after = row["macs"]
         entry = {"layer": row["layer"], "theoretical": macs_before / macs_after if macs_after else None}
@@ -250,14 +170,14 @@ def space_methods(space) -> list[str]:
     return methods
 
 
-def write_report(out: Path, report: dict, result) -> None:
+def write_report(out: Path, report: dict, iterations: Sequence[IterationSummary]) -> None:
     atomic_write_text(out / "report.json", json.dumps(report, indent=1))
     plots = []
-    if result.iterations:
+    if iterations:
         try:
             from adans_toolchain.reporting.plots import plot_convergence
 
-            plot_convergence(result.iterations, out / "convergence.png")
+            plot_convergence(iterations, out / "convergence.png")
             plots.append("convergence.png")
         except Exception as e:  # noqa: BLE001 - a plot must never fail a compile
             report["notes"].append(f"convergence plot not written: {e}")
@@ -285,6 +205,7 @@ def _table_iv_markdown(r: dict) -> list[str]:
         f"for `{where['target']}` at batch {where['batch_size']}, {_threads(where['threads'])}{source}. "
         "Measured: ONNX Runtime on this host.",
         "",
+        *([f"predicted = theoretical: {t['predicted_reduces_to_theoretical']}.", ""] if t.get("predicted_reduces_to_theoretical") else []),
         "| theoretical (MACs) | predicted" + source.replace(" (", ", ").rstrip(")") + " | " + " | ".join(f"measured, batch {b}" for b in t["measured_host"]) +
         " | " + " | ".join(f"measured / theoretical, batch {b}" for b in t["measured_host"]) + " |",
         "|---|---|" + "---|" * (2 * len(t["measured_host"])),
@@ -306,6 +227,45 @@ def _table_iv_markdown(r: dict) -> list[str]:
 
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f} %"
+
+
+def _members(group: dict, shown: int = 4) -> str:
+    members = group.get("members")
+    if members is None:
+        return str(group["producers"])
+    if not members:
+        return "— (no producing layer)"
+    if len(members) <= shown:
+        return ", ".join(members)
+    return f"{len(members)} layers: " + ", ".join(members[:shown - 1]) + ", …"
+
+
+def _bn_recalibration_markdown(r: dict) -> list[str]:
+    """Where the compressed model's BatchNorm statistics come from, and its accuracy without them."""
+    bn, c = r["search"]["bn_recalibration"], r["compressed"]
+    if not bn.get("applied_to_emitted"):
+        return []
+    images = "VAL images" if bn.get("from_val") else f"images from `{bn['source']}` (--calibration-data)"
+    without = [f"{_pct(c[f'top1_{split}_without_bn_recalibration'])} on {split.upper()}"
+               for split in ("val", "test") if f"top1_{split}_without_bn_recalibration" in c]
+    subject = "The searched model (before fine-tuning) carried" if "finetuning" in r else "The compressed accuracy is with"
+    return [
+        f"{subject} BatchNorm statistics re-estimated on {bn['images']} {images} (one forward pass, no weight updates)"
+        + (f"; with the trained statistics the same plan scores {' and '.join(without)}." if without else "."),
+        "",
+    ]
+
+
+def _lowering_markdown(r: dict) -> list[str]:
+    """Each lowering pass and the conditions checked around it (one that fails stops the compile, so all held)."""
+    log = r.get("lowering") or []
+    if not log:
+        return []
+    lines = ["## Lowering", "", "| pass | modified | conditions checked (all held) |", "|---|---|---|"]
+    for entry in log:
+        checked = "; ".join(f"{c['when']}: {c['condition']}" for c in entry.get("checked", [])) or "—"
+        lines.append(f"| {entry['pass']} | {'yes' if entry['modified'] else 'no'} | {checked} |")
+    return lines + [""]
 
 
 def render_markdown(r: dict, plots: list[str]) -> str:
@@ -341,6 +301,7 @@ def render_markdown(r: dict, plots: list[str]) -> str:
         *([f"| latency on `{r['target']['id']}`, batch {r['target']['batch_size']}, {b['latency_source']} | "
            f"{b['latency_ms']:.3f} ms | {c['latency_ms']:.3f} ms |"] if "latency_ms" in b else []),
         "",
+        *_bn_recalibration_markdown(r),
         f"Theoretical speedup (MACs): **{r['speedup']['theoretical']:.2f}×**",
         "",
         "| storage | baseline | compressed |",
@@ -398,6 +359,7 @@ def render_markdown(r: dict, plots: list[str]) -> str:
         f"max |diff| {v['max_abs_diff']:.3g} ({v['relative_diff']:.2e} of the output scale; tolerance {v['tolerance']:.0e}), "
         f"top-1 agreement {v['top1_agreement']:.1%}.",
         "",
+        *_lowering_markdown(r),
         "## Search",
         "",
         f"Sampler `{s['sampler']}`, cost `{s['cost']['name']}`"
@@ -434,10 +396,17 @@ def render_markdown(r: dict, plots: list[str]) -> str:
             f"{row['out_channels'][0]} → {row['out_channels'][1]} | {row['macs'][0]:,} | {row['macs'][1]:,} | "
             f"{row['params'][0]:,} | {row['params'][1]:,} |"
         )
-    lines += ["", "## Channel groups", "", "| group | channels | kept | status |", "|---|---|---|---|"]
+    lines += [
+        "", "## Channel groups", "",
+        "A group is the set of channels that must be pruned together; it is named after its first member layer, "
+        "but couples the output channels of all its member layers (residual additions, shortcuts), so its size "
+        "need not equal that layer's output channels.",
+        "",
+        "| group | size (channels) | kept | member layers | status |", "|---|---|---|---|---|",
+    ]
     for g in r["groups"]:
         status = "searched" if g["prunable"] else f"frozen: {g['reason']}"
-        lines.append(f"| {g['id']} | {g['channels']} | {g['kept']} | {status} |")
+        lines.append(f"| {g['id']} | {g['channels']} | {g['kept']} | {_members(g)} | {status} |")
     if r["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
     t = r["timings_s"]

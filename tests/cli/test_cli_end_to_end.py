@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -24,8 +27,23 @@ def compiled(tmp_path_factory, example_paths):
     out = tmp_path_factory.mktemp("compile") / "out"
     argv = [str(example_paths["model"]), "--arch", "cifar_resnet20", "--target", "host",
             "--data", str(example_paths["val"]), "--test-data", str(example_paths["test"]), *TINY, "-o", str(out)]
-    assert main(argv) == 0
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):
+        assert main(argv) == 0
+    (out.parent / "stderr.txt").write_text(log.getvalue())
     return out
+
+
+def test_the_budget_is_announced_before_the_search_and_kept(compiled):
+    log = (compiled.parent / "stderr.txt").read_text()
+    announced = re.search(r"budget: at most (\d+) boundary \+ (\d+) search evaluations .* about \d+ min at [\d.]+ s each", log)
+    assert announced, log
+    assert log.index("budget:") < log.index("boundary characterisation")
+    boundary, search = map(int, announced.groups())
+    assert search == 6 * 3
+    r = json.loads((compiled / "report.json").read_text())
+    spent = r["search"]["boundary"]["evaluations"]
+    assert 0 < spent <= boundary
 
 
 def test_outputs_are_written(compiled):

@@ -1,0 +1,174 @@
+"""What one compile found, as typed, frozen data: the pipeline computes these, the report only formats them.
+
+Nothing here runs or analyses a model. The pipeline (one layer up) builds
+these from its stages' results; `report.build_report` turns them into
+report.json and report.md. Tests build them by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from adans_toolchain.lowering.storage import Storage
+from adans_toolchain.search.types import IterationSummary
+
+__all__ = [
+    "Accuracies",
+    "BatchNormRecalibration",
+    "CompileOutcome",
+    "CompileSubject",
+    "FinetuneFacts",
+    "FinetuneRun",
+    "ModelFacts",
+    "PredictedLatency",
+    "SearchFacts",
+    "SplitAccuracy",
+    "Storage",
+]
+
+
+@dataclass(frozen=True)
+class CompileSubject:
+    """What was compiled, for which target, on which data."""
+
+    description: str
+    input_shape: tuple[int, ...]
+    target: Mapping[str, Any]  # Target.as_dict()
+    val_images: int
+    test_images: int | None
+    preprocessing: Mapping[str, Any]
+    versions: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """One emitted ONNX model (baseline.onnx or model.onnx), analysed by the pipeline."""
+
+    macs: int
+    params: int
+    cost: float  # by the search's cost model, in its unit
+    storage: Storage
+
+
+@dataclass(frozen=True)
+class SplitAccuracy:
+    """Top-1 in percent of the emitted models on one split (VAL or TEST)."""
+
+    baseline: float
+    compressed: float  # the headline: the model written to model.onnx
+    compressed_without_bn_recalibration: float | None = None  # same plan, the trained BatchNorm statistics
+    compressed_before_finetune: float | None = None
+    baseline_finetuned: float | None = None
+
+    def side(self, name: str, split: str) -> dict[str, float]:
+        """report.json's `top1_<split>[_suffix]` entries of the baseline or compressed side."""
+        out = {}
+        for f in fields(self):
+            side, _, suffix = f.name.partition("_")
+            value = getattr(self, f.name)
+            if side == name and value is not None:
+                out[f"top1_{split}" + (f"_{suffix}" if suffix else "")] = value
+        return out
+
+
+@dataclass(frozen=True)
+class Accuracies:
+    val: SplitAccuracy
+    test: SplitAccuracy | None = None
+
+    def side(self, name: str) -> dict[str, float]:
+        out = self.val.side(name, "val")
+        if self.test is not None:
+            out.update(self.test.side(name, "test"))
+        return dict(sorted(out.items()))
+
+
+@dataclass(frozen=True)
+class BatchNormRecalibration:
+    """BatchNorm statistics re-estimated on calibration images (one forward pass, no weight updates)."""
+
+    images: int  # 0: off
+    source: str | None  # where the images came from
+    from_val: bool  # the VAL images (no --calibration-data)
+    applied_to_emitted: bool  # the emitted compressed model carries re-estimated statistics
+
+
+@dataclass(frozen=True)
+class PredictedLatency:
+    """Latency of the baseline and the emitted model on the target, as the latency cost model predicts it."""
+
+    baseline_ms: float
+    compressed_ms: float
+    layers_ms: tuple[Mapping[str, float], Mapping[str, float]]  # per weighted layer, baseline then compressed
+    source: str  # e.g. "estimated (roofline)"
+    model: Mapping[str, Any]  # the latency model's describe()
+    # Set when the prediction is MACs in disguise (a roofline with no memory
+    # bandwidth): why, in one sentence. None when it adds information.
+    reduces_to_theoretical: str | None = None
+
+
+@dataclass(frozen=True)
+class FinetuneRun:
+    train_loss: list[float]
+    train_top1: list[float]
+    resumed_from_epoch: int | None
+    interpreter_check_relative_diff: float | None
+    validation: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class FinetuneFacts:
+    config: Mapping[str, Any]
+    train_images: int
+    train_data: str
+    compressed: FinetuneRun
+    baseline: FinetuneRun | None = None
+
+    def as_dict(self) -> dict:
+        d = {"config": dict(self.config), "train_images": self.train_images, "train_data": self.train_data}
+        for name in ("compressed", "baseline"):
+            run = getattr(self, name)
+            if run is not None:
+                d[name] = {f.name: getattr(run, f.name) for f in fields(run)}
+        return d
+
+
+@dataclass(frozen=True)
+class SearchFacts:
+    """The search as it ran: settings it reports, counts, the chosen sample, the per-iteration log."""
+
+    methods: tuple[str, ...]
+    sites: tuple[str, ...]
+    cost: Mapping[str, Any]  # the search cost model's describe() (name, unit, notes, ...)
+    score: Mapping[str, Any]
+    accuracy_threshold: float
+    baseline_accuracy: float
+    boundary: Mapping[str, Any]
+    evaluations: int
+    cache_hits: int
+    eval_seconds: float
+    executor: Any
+    precision: str | None
+    resumed_from: int
+    best: Mapping[str, Any] | None  # {"f", "iteration", **info} of the chosen sample; None: the baseline was emitted
+    feasible_samples: int
+    history_samples: int
+    iterations: tuple[IterationSummary, ...]
+    bn_recalibration: BatchNormRecalibration
+
+
+@dataclass(frozen=True)
+class CompileOutcome:
+    """What was emitted and how it measures up against the baseline."""
+
+    baseline: ModelFacts
+    compressed: ModelFacts
+    accuracies: Accuracies
+    validation: Mapping[str, Any]  # ValidationResult.as_dict() of model.onnx
+    pass_log: list[dict]
+    layers: tuple[Mapping[str, Any], ...]  # plan.layer_table.plan_layer_table rows
+    groups: tuple[Mapping[str, Any], ...]  # plan.layer_table.plan_group_table rows
+    measured: Mapping[str, Any] | None = None  # runtime.measure.measured_speedup(); None with --no-measure
+    latency: PredictedLatency | None = None
+    finetuning: FinetuneFacts | None = None
