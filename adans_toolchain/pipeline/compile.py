@@ -262,13 +262,18 @@ class _Run:
 
 def _search(run: _Run):
     """Boundary characterisation, then AdaNS; every evaluation goes through the resumable cache."""
-    cfg, space, cache, score, progress, timings = run.cfg, run.space, run.cache, run.score, run.progress, run.timings
-    analysis, batch = run.inputs.analysis, run.inputs.target.batch_size
-    threshold, baseline_cost = score.accuracy_threshold, score.baseline_cost
     # Every evaluation goes through the cache; its counters feed the progress bar and the report.
-    accuracies = CachedAccuracy(cache, space, run.executor, progress)
+    accuracies = CachedAccuracy(run.cache, run.space, run.executor, run.progress)
+    run.progress.step(_budget_line(run))
+    boundary = _characterise_boundary(run, accuracies)
+    result = _adans(run, boundary, _Objective(run, accuracies))
+    stats = {"evaluated": accuracies.evaluated, "cached": accuracies.cached, "eval_seconds": accuracies.eval_seconds,
+             "executor": run.executor.describe(), "precision": run.evaluator.precision}
+    return boundary, result, stats
 
-    progress.step(_budget_line(run))
+
+def _characterise_boundary(run: _Run, accuracies: CachedAccuracy) -> Boundary:
+    cfg, space, progress = run.cfg, run.space, run.progress
     t = time.perf_counter()
     progress.step(f"boundary characterisation: bisection on {space.dim} coordinates ({len(space.sites)} sites)")
     # On resume every evaluation below is a cache hit, so this costs nothing.
@@ -279,39 +284,54 @@ def _search(run: _Run):
     def bisection_accuracies(xs: np.ndarray) -> np.ndarray:
         return accuracies(xs, f"bisection round {next(rounds)}/{cfg.boundary_rounds}")
 
-    boundary = characterise_boundary(bisection_accuracies, space.levels, threshold, rounds=cfg.boundary_rounds)
+    boundary = characterise_boundary(bisection_accuracies, space.levels, run.score.accuracy_threshold, rounds=cfg.boundary_rounds)
     run.ws.save_json("boundary.json", boundary.as_dict())
-    timings["boundary_s"] = time.perf_counter() - t
+    run.timings["boundary_s"] = time.perf_counter() - t
     progress.step(
         f"boundary: mean theta {boundary.theta.mean():.2f}, feasible diagonal scale {boundary.diagonal_scale:.2f} "
         f"({boundary.evaluations} evaluations)"
     )
+    return boundary
 
-    best_seen = {"ratio": 1.0}
 
-    def objective(xs: np.ndarray):
-        acc = accuracies(xs)
-        plans = space.decode_batch(xs)
-        costs = run.cost_model.estimate(plan_workloads(analysis, plans, batch=batch))
-        f = score(acc, costs)
+class _Objective:
+    """The search's objective: score a batch of x from its (cached) accuracy and its cost on the target.
+
+    It also keeps the cheapest feasible cost seen so far, which the progress bar shows.
+    """
+
+    def __init__(self, run: _Run, accuracies: CachedAccuracy) -> None:
+        self.run, self.accuracies = run, accuracies
+        self.best_feasible_ratio = 1.0
+
+    def __call__(self, xs: np.ndarray):
+        run, score = self.run, self.run.score
+        acc = self.accuracies(xs)
+        plans = run.space.decode_batch(xs)
+        costs = run.cost_model.estimate(plan_workloads(run.inputs.analysis, plans, batch=run.inputs.target.batch_size))
+        ratios = costs / score.baseline_cost
         feasible = score.feasible(acc)
         if feasible.any():
-            best_seen["ratio"] = min(best_seen["ratio"], float(np.min(costs[feasible]) / baseline_cost))
+            self.best_feasible_ratio = min(self.best_feasible_ratio, float(np.min(ratios[feasible])))
         infos = [
-            {"accuracy": float(a), "cost": float(c), "cost_ratio": float(c / baseline_cost), "feasible": bool(ok)}
-            for a, c, ok in zip(acc, costs, feasible)
+            {"accuracy": float(a), "cost": float(c), "cost_ratio": float(r), "feasible": bool(ok)}
+            for a, c, r, ok in zip(acc, costs, ratios, feasible)
         ]
-        return f, infos
+        return score(acc, costs), infos
 
-    def on_iteration(summary) -> None:
-        rate = accuracies.rate
-        progress.bar(
+    def show(self, summary) -> None:
+        """Progress after each AdaNS iteration."""
+        cfg = self.run.cfg
+        self.run.progress.bar(
             summary.iteration + 1,
             cfg.iterations,
-            f"best f {summary.best_f:.3f}  alpha {summary.alpha:.2f}  best feasible {cfg.cost} {best_seen['ratio']:.1%}  "
-            f"({rate:.1f} eval/s)",
+            f"best f {summary.best_f:.3f}  alpha {summary.alpha:.2f}  best feasible {cfg.cost} "
+            f"{self.best_feasible_ratio:.1%}  ({self.accuracies.rate:.1f} eval/s)",
         )
 
+
+def _adans(run: _Run, boundary: Boundary, objective: _Objective):
+    cfg, space = run.cfg, run.space
     t = time.perf_counter()
     init = initial_batch(boundary, cfg.samples, np.random.default_rng([cfg.seed, 2**31 - 1]))
     result = maximize(
@@ -325,13 +345,11 @@ def _search(run: _Run):
         upper=boundary.theta,
         init=init,
         journal=run.ws.history_path,
-        callback=on_iteration,
+        callback=objective.show,
     )
-    progress.done()
-    timings["search_s"] = time.perf_counter() - t
-    stats = {"evaluated": accuracies.evaluated, "cached": accuracies.cached, "eval_seconds": accuracies.eval_seconds,
-             "executor": run.executor.describe(), "precision": run.evaluator.precision}
-    return boundary, result, stats
+    run.progress.done()
+    run.timings["search_s"] = time.perf_counter() - t
+    return result
 
 
 def _budget_line(run: _Run) -> str:
