@@ -1,7 +1,7 @@
 """The compile pipeline: load -> analyse -> search -> lower -> validate -> measure -> report.
 
 Each step lives in its own module; this one only wires them together, in
-the order of ARCHITECTURE.md's data flow, and decides what is written to OUT.
+the order of docs/DESIGN.md's data flow, and decides what is written to OUT.
 """
 
 from __future__ import annotations
