@@ -1,9 +1,11 @@
 """AdaNS search: Algorithm 1 with the Uniform, Zoom, Genetic and Gaussian
-samplers, a resumable journal, the reconstruction analysis, the score
-(search.scoring) and the boundary characterisation (search.boundary).
+samplers (and Optuna's TPE and CMA-ES, an optional extra), a resumable
+journal, the reconstruction analysis, the score (search.scoring) and the
+boundary characterisation (search.boundary).
 
 Pure numpy/scipy: this package never imports torch, onnx or matplotlib, so
-it stays cheap to import and to test (its plots are in reporting.plots).
+it stays cheap to import and to test (its plots are in reporting.plots);
+Optuna and cmaes are imported only when the tpe or cmaes sampler proposes.
 
     result = maximize(fn, dim, sampler="gaussian", samples=50, iterations=20)
 """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -33,7 +35,20 @@ def history_context(iteration: int = 3, batch: int = 10, seed: int = 0, scores=s
     )
 
 
-@pytest.fixture(params=SAMPLER_NAMES)
+# Samplers behind an optional extra, and the module each one needs.
+OPTIONAL = {"tpe": "optuna", "cmaes": "cmaes"}
+
+
+def installed(name: str) -> bool:
+    return name not in OPTIONAL or importlib.util.find_spec(OPTIONAL[name]) is not None
+
+
+def sampler_param(name: str):
+    reason = f"{OPTIONAL.get(name)} is not installed (extra: optuna)"
+    return pytest.param(name, marks=pytest.mark.skipif(not installed(name), reason=reason))
+
+
+@pytest.fixture(params=[sampler_param(name) for name in SAMPLER_NAMES])
 def sampler(request) -> Sampler:
     return make_sampler(request.param)
 
@@ -177,7 +192,7 @@ def test_unknown_options_are_rejected_by_name():
 
 
 def test_constructors_are_keyword_only():
-    for name in SAMPLER_NAMES:
+    for name in filter(installed, SAMPLER_NAMES):
         cls = type(make_sampler(name))
         with pytest.raises(TypeError):
             cls(0.5)

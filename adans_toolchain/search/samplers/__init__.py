@@ -1,4 +1,8 @@
-"""Sampling subroutines of AdaNS, one per module, and a registry by name."""
+"""Sampling subroutines of AdaNS, one per module, and a registry by name.
+
+`tpe` and `cmaes` (samplers.optuna) need the optional extra `optuna`; they
+import it only when they propose, so importing this package stays light.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ from typing import Any
 from adans_toolchain.search.samplers.base import Sampler, SearchContext, apportion
 from adans_toolchain.search.samplers.gaussian import GaussianSampler
 from adans_toolchain.search.samplers.genetic import GeneticSampler
+from adans_toolchain.search.samplers.optuna import CmaEsSampler, TPESampler
 from adans_toolchain.search.samplers.uniform import UniformSampler
 from adans_toolchain.search.samplers.zoom import ZoomSampler
 
 _REGISTRY: dict[str, type[Sampler]] = {
-    cls.name: cls for cls in (GaussianSampler, UniformSampler, ZoomSampler, GeneticSampler)
+    cls.name: cls
+    for cls in (GaussianSampler, UniformSampler, ZoomSampler, GeneticSampler, TPESampler, CmaEsSampler)
 }
 SAMPLER_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
@@ -34,10 +40,12 @@ def make_sampler(name: str, **options: Any) -> Sampler:
 
 __all__ = [
     "SAMPLER_NAMES",
+    "CmaEsSampler",
     "GaussianSampler",
     "GeneticSampler",
     "Sampler",
     "SearchContext",
+    "TPESampler",
     "UniformSampler",
     "ZoomSampler",
     "apportion",
