@@ -1,7 +1,8 @@
 """One exception hierarchy for everything a user can cause.
 
 The CLI prints `AdansError` subclasses as one line (what is wrong and what to
-do) and exits non-zero; anything else is a bug and keeps its traceback.
+do) and exits non-zero; anything else is a bug, which the CLI says in one line
+(exit 3) and shows with its traceback under --debug.
 """
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from adans_toolchain.cli.errors import run_reporting_errors
-from adans_toolchain.errors import ConfigError, InputError
+from adans_toolchain.errors import ConfigError, InputError, OutputError
 
 # Built-in models to profile without a checkpoint (weights do not change
 # latency): name -> (architecture for --arch, default input size).
@@ -135,6 +135,7 @@ def _profile(args) -> int:
                 f"({', '.join(ort.get_available_providers())}); profile on the device, with its ONNX Runtime build"
             )
     out = Path(args.out).expanduser() if args.out else target.lut_location()
+    _check_table_path(out)
     start = time.perf_counter()
 
     def progress(msg: str) -> None:
@@ -152,6 +153,22 @@ def _profile(args) -> int:
     progress(f"wrote {out}: {len(table.families)} families"
              + (f"; {len(skipped)} not profiled (see header.skipped)" if skipped else ""))
     return 0
+
+
+def _check_table_path(out: Path) -> None:
+    """Before hours of timing: the table can be written where -o says (the profiler writes it as families finish)."""
+    import os
+    import tempfile
+
+    if out.is_dir():
+        raise ConfigError(f"-o {out} is a directory; give the table's file name (e.g. -o {out / 'table.json'})")
+    folder = next((f for f in out.parents if f.exists()), Path("."))
+    if not folder.is_dir():
+        raise ConfigError(f"-o {out}: {folder} is not a directory; give a table path in a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".adans-probe-", dir=folder))
+    except OSError as e:
+        raise OutputError(f"cannot write the table {out} ({e.strerror or e} in {folder}); choose an -o you can write to") from e
 
 
 if __name__ == "__main__":

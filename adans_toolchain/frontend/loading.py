@@ -88,6 +88,33 @@ class LoadedModel:
     source: str  # "state_dict", "torchscript", "pickle", "onnx"
     description: str
     onnx_model: object = None  # onnx.ModelProto, normalised (source "onnx" only)
+    input_size: tuple[int, int] | None = None  # (H, W) the architecture is built for, when it says (built-ins)
+
+
+def builtin_input_size(arch: str) -> tuple[int, int] | None:
+    """The image size a built-in architecture is made for: 32x32 CIFAR ResNets, tf_mobilenet_v1_<width>_<size>."""
+    if arch.startswith("cifar_resnet"):
+        return (32, 32)
+    if arch.startswith("tf_mobilenet_v1") and arch.rpartition("_")[2].isdigit():
+        size = int(arch.rpartition("_")[2])
+        return (size, size)
+    return None
+
+
+# How model files start: a zip archive (torch.save since PyTorch 1.6, TorchScript), or a pickle
+# (protocol 2 and later, the legacy torch.save format). Anything else is none of them.
+_ZIP_MAGIC = b"PK"
+_PICKLE_MAGIC = b"\x80"
+
+
+def _sniff(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    if head.startswith(_PICKLE_MAGIC):
+        return "pickle"
+    return "unknown"
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -127,7 +154,17 @@ def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = F
         if arch is not None:
             raise ModelLoadError(f"{path.name} is an ONNX model, which carries its own architecture; drop --arch")
         return load_onnx_model(path)
-    if _is_torchscript(path):
+    kind = _sniff(path)
+    if kind == "unknown":
+        raise ModelLoadError(
+            f"{path} is not a PyTorch checkpoint (a zip archive or a pickle), a TorchScript archive or an ONNX model "
+            "(.onnx); check that it is the right file and complete"
+        )
+    if kind == "zip" and not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"{path} starts like a zip archive (a PyTorch checkpoint) but is damaged or cut short; is the file complete?")
+    if kind == "zip" and _is_torchscript(path):
+        if arch is not None:
+            raise ModelLoadError(f"{path.name} is a TorchScript archive, which carries its own architecture; drop --arch")
         try:
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # noqa: BLE001 - torch raises many types here
@@ -137,17 +174,20 @@ def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = F
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         if not trust_pickle:
-            if "weights_only" in str(e) or "Unsupported global" in str(e):
+            # Only a file that unpickles (it names Python globals) is a pickled object; a damaged one is not.
+            if "weights_only" in str(e) and "Unsupported global" in str(e):
                 raise ModelLoadError(
                     f"{path} is a pickled Python object, not a plain checkpoint; loading it runs code from the "
                     "file, so pass --trust-pickle only if you trust its source (or save a state_dict and use --arch)"
                 ) from e
-            raise ModelLoadError(f"cannot read {path} as a PyTorch checkpoint ({_first_line(e)}); is the file complete?") from e
+            raise ModelLoadError(f"cannot read {path} as a PyTorch checkpoint ({_unpickler_detail(e)}); is the file complete?") from e
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as e2:  # noqa: BLE001
             raise ModelLoadError(f"cannot unpickle {path}: {_first_line(e2)}") from e2
     if isinstance(obj, nn.Module):
+        if arch is not None:
+            raise ModelLoadError(f"{path.name} holds a whole pickled module, which carries its own architecture; drop --arch")
         return LoadedModel(obj.eval(), "pickle", f"pickled module {type(obj).__name__}")
     if arch is None:
         raise ModelLoadError(
@@ -163,7 +203,7 @@ def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = F
         missing, unexpected = _key_mismatch(module, state)
         detail = "; ".join(filter(None, [missing, unexpected])) or _first_line(e)
         raise ModelLoadError(f"the weights in {path.name} do not fit --arch {arch}: {detail}") from e
-    return LoadedModel(module.eval(), "state_dict", f"{arch} with weights from {path.name}")
+    return LoadedModel(module.eval(), "state_dict", f"{arch} with weights from {path.name}", input_size=builtin_input_size(arch))
 
 
 def _drop_unused_aux_heads(arch: str, module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -191,6 +231,16 @@ def _key_mismatch(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[st
             f"{len(shape)} tensors of another shape (e.g. {k}: file {tuple(state[k].shape)}, arch {tuple(expected[k].shape)})"
         )
     return ", ".join(parts[:2]), ", ".join(parts[2:])
+
+
+def _unpickler_detail(e: BaseException) -> str:
+    """What torch's weights-only unpickler objected to, without its advice to turn weights_only off."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        detail = [line.strip() for line in text.split("WeightsUnpickler error:", 1)[1].splitlines() if line.strip()]
+        if detail:
+            return f"not a valid checkpoint: {detail[0]}"
+    return _first_line(e)
 
 
 def _first_line(e: BaseException) -> str:

@@ -34,6 +34,8 @@ from onnx import numpy_helper
 from adans_toolchain.errors import DataError, ModelLoadError
 
 BATCH_DIM = "batch"
+# Operator domains ONNX Runtime implements without a custom-op library.
+_RUNTIME_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 
 
 class OnnxModel(nn.Module):
@@ -161,6 +163,13 @@ def check_onnx_runs_on(module: OnnxModel, image_shape: tuple[int, ...]) -> None:
     try:
         logits = module(torch.zeros((2, *image_shape), dtype=torch.float32))
     except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own exception types
+        custom = sorted({f"{n.domain}:{n.op_type}" for n in module.model.graph.node if n.domain not in _RUNTIME_DOMAINS})
+        if custom or "not a registered function/op" in str(e):
+            named = f"custom operator(s) {', '.join(custom)}" if custom else "an operator"
+            raise ModelLoadError(
+                f"the ONNX model uses {named} that ONNX Runtime does not implement ({_first_line(e)}); adans runs "
+                "models of standard ONNX operators: re-export the model without them"
+            ) from e
         if getattr(module, "fixed_batch", None):
             raise ModelLoadError(
                 f"the ONNX model was exported with a fixed batch size of {module.fixed_batch} and does not run on "

@@ -52,8 +52,14 @@ def data(tmp_path):
 @pytest.fixture
 def out(tmp_path):
     """An OUT holding a previous run: no failed run may touch it, even with --overwrite."""
+    import json
+
+    from adans_toolchain.pipeline.config import CompileConfig
+
     out = tmp_path / "out"
     out.mkdir()
+    # config.json, as adans-compile writes it, is what makes a directory a run that --overwrite may replace.
+    (out / "config.json").write_text(json.dumps(CompileConfig(model="m.onnx", data="v.npz", out=str(out)).resume_key()))
     (out / "report.json").write_text("precious")
     return out
 
@@ -66,7 +72,7 @@ def expect_error(capsys, out: Path, argv, *fragments: str) -> str:
     assert len(lines) == 1 and "Traceback" not in err, err
     for f in fragments:
         assert f in lines[0], (f, lines[0])
-    assert (out / "report.json").read_text() == "precious" and sorted(p.name for p in out.iterdir()) == ["report.json"]
+    assert (out / "report.json").read_text() == "precious" and sorted(p.name for p in out.iterdir()) == ["config.json", "report.json"]
     return lines[0]
 
 
