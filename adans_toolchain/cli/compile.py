@@ -1,7 +1,7 @@
 """`adans-compile`: the command-line entry point.
 
-User errors (AdansError) print one line and exit non-zero; a traceback is
-shown only with --debug. Anything else is a bug and keeps its traceback.
+Every failure prints one line and exits non-zero (cli/errors.py); a
+traceback is shown only with --debug.
 """
 
 from __future__ import annotations
@@ -159,7 +159,20 @@ def _print_summary(report: dict, out: Path) -> None:
     if m:
         line += "; measured " + ", ".join(f"{v['speedup']:.2f}x @ batch {k.removeprefix('batch_')}" for k, v in m.items() if k.startswith("batch_"))
     print(line)
+    rule = report["search"].get("one_rate_rule")
+    if rule:
+        print(_one_rate_line(rule))
     print(f"model: {out / 'model.onnx'}\nreport: {out / 'report.md'}")
+
+
+def _one_rate_line(rule: dict) -> str:
+    """The one-rate rule beside the searched result: what the search had to beat."""
+
+    def side(facts: dict) -> str:
+        test = "" if facts["top1_test"] is None else f", TEST {facts['top1_test']:.2f} %"
+        return f"{facts['macs_ratio']:.1%} MACs, VAL {facts['top1_val']:.2f} %{test}"
+
+    return f"one-rate rule (r = {rule['rate']:.3g}): {side(rule)}; searched: {side(rule['searched'])}"
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ parameters substituted in place) and `OnnxEvaluator` (an ONNX model,
 initializers fed to ONNX Runtime). A Plan's values come from the same
 PlanTransform in both, so a plan scores the same on either.
 
-What every evaluator shares lives here once: the accuracy loop over plans,
-the count of evaluations, and the rule for when BatchNorm statistics are
+What every evaluator shares lives here once: the accuracy loop over plans
+(with early rejection, `evaluation.rejection`, when a rule is set), the
+count of evaluations, and the rule for when BatchNorm statistics are
 re-estimated. A subclass supplies the hooks: `substituted` (the model
 computes a plan inside the block), `_correct` (correct top-1 predictions on
 arrays in its own form) and `_arrays` (an ImageSet in that form), plus the
@@ -25,9 +26,15 @@ from typing import Any, ClassVar, Sequence, Sized
 import numpy as np
 
 from adans_toolchain.analysis.channels import ChannelAnalysis, ChannelGroup
+from adans_toolchain.evaluation.rejection import EarlyRejection
 from adans_toolchain.frontend.data import ImageSet
 from adans_toolchain.plan import Plan
 from adans_toolchain.transforms.plan_transform import PlanTransform
+
+
+# The columns of `Evaluator.screen`'s rows (and of every executor's `screen`).
+SCREEN_COLUMNS = ("accuracy", "images", "rejected")
+ACCURACY, IMAGES, REJECTED = range(3)
 
 
 class Evaluator(abc.ABC):
@@ -35,7 +42,11 @@ class Evaluator(abc.ABC):
 
     Attributes every evaluator has:
         notes        what the report must say about how candidates were evaluated.
-        evaluations  plans scored by `accuracy` (the search's cost).
+        evaluations  plans scored by `accuracy` or `screen` (the search's cost).
+        images       validation images those plans were run on (fewer than
+                     evaluations x len(VAL) when candidates were rejected early).
+        early_rejection  the EarlyRejection rule `accuracy` and `screen` apply, or None
+                     (every plan on all of VAL); `accuracy_on` never applies it.
         precision    the arithmetic of `accuracy`: "fp32" or "bf16".
         x, y         the validation set, in the evaluator's own array form.
         calibration  images for BatchNorm re-estimation, or None (keep trained statistics).
@@ -56,7 +67,24 @@ class Evaluator(abc.ABC):
         self.batch_size = batch_size
         self.notes: list[str] = []
         self.evaluations = 0
+        self.images = 0
         self.precision = "fp32"
+        self._rule: EarlyRejection | None = None
+        self._rule_note: str | None = None
+        self._orders: dict[tuple[int, int], Any] = {}
+
+    @property
+    def early_rejection(self) -> EarlyRejection | None:
+        return self._rule
+
+    @early_rejection.setter
+    def early_rejection(self, rule: EarlyRejection | None) -> None:
+        """Set (or clear) the rule; the notes say how candidates were evaluated."""
+        if self._rule_note in self.notes:
+            self.notes.remove(self._rule_note)
+        self._rule, self._rule_note = rule, None if rule is None else rule.describe()
+        if self._rule_note:
+            self.notes.append(self._rule_note)
 
     # -- shared ---------------------------------------------------------------
     def recalibrates(self, plan: Plan) -> bool:
@@ -68,12 +96,58 @@ class Evaluator(abc.ABC):
         return self.recalibrates(plan) if recalibrate is None else recalibrate and bool(self.batchnorms)
 
     def accuracy(self, plans: Sequence[Plan]) -> np.ndarray:
-        """Top-1 accuracy in percent of each plan on the validation set."""
-        result = np.empty(len(plans))
+        """Top-1 accuracy in percent of each plan on the validation set (a partial estimate if rejected early)."""
+        return self.screen(plans)[:, ACCURACY]
+
+    def screen(self, plans: Sequence[Plan]) -> np.ndarray:
+        """Each plan's row [accuracy %, images seen, rejected (1.0 or 0.0)]: see SCREEN_COLUMNS.
+
+        Without an early-rejection rule every plan sees all of VAL in its stored
+        order, exactly as `accuracy` always did. With one, VAL is run in the
+        rule's fixed random order, slice by slice up to each checkpoint, and a
+        plan stops as soon as the rule rejects it; its accuracy is then the
+        estimate on the images seen. BatchNorm is re-estimated once per plan,
+        before its pass over VAL.
+        """
+        total = len(self.y)
+        result = np.zeros((len(plans), len(SCREEN_COLUMNS)))
         for i, plan in enumerate(plans):
-            result[i] = self._top1(plan, self.x, self.y, None)
+            with self.substituted(plan):
+                correct, seen = self._screened_pass(total)
+            result[i] = (100.0 * correct / seen, seen, float(seen < total))
             self.evaluations += 1
+            self.images += seen
         return result
+
+    def _screened_pass(self, total: int) -> tuple[int, int]:
+        """(correct, seen) of the model as substituted, on all of VAL or until the rule rejects it."""
+        rule = self._rule
+        if rule is None:
+            return self._correct(self.x, self.y), total
+        order = self._order(rule, total)
+        correct = seen = 0
+        for stop in rule.stops(total):
+            for start in range(seen, stop, self.batch_size):
+                x, y = self._take(self.x, self.y, order[start : min(start + self.batch_size, stop)])
+                correct += self._correct(x, y)
+            seen = stop
+            if rule.should_reject(correct, seen, total):
+                break
+        return correct, seen
+
+    def _order(self, rule: EarlyRejection, total: int) -> Any:
+        key = (rule.seed, total)
+        if key not in self._orders:
+            self._orders[key] = self._index(rule.order(total))
+        return self._orders[key]
+
+    def _index(self, order: np.ndarray) -> Any:
+        """`order` as what `_take` indexes with (a device tensor for PyTorch)."""
+        return order
+
+    def _take(self, x: Any, y: Any, index: Any) -> tuple[Any, Any]:
+        """The images and labels at `index` (a slice of `_index(order)`), in the form `_correct` takes."""
+        return x[index], y[index]
 
     def accuracy_on(self, plan: Plan, data: ImageSet, *, recalibrate: bool | None = None) -> float:
         """Top-1 in percent of `plan` on other images (not counted as a search evaluation)."""

@@ -4,6 +4,11 @@
 per evaluated plan, appended as it is measured. `CachedAccuracy` is the
 search's accuracy function on top of it: points of the compression space in,
 top-1 out, evaluating only what the cache does not hold yet.
+
+A record is {"key", "accuracy"}, plus "images" (validation images the plan
+was run on) when the executor reports it, and "rejected": true when early
+rejection stopped it (its accuracy is then the estimate on those images).
+Records without these keys (older caches) are full evaluations.
 """
 
 from __future__ import annotations
@@ -78,7 +83,10 @@ class CachedAccuracy:
 
     Counters, over every call: `evaluated` (plans actually evaluated),
     `cached` (points answered from the cache, repeats within a call
-    included) and `eval_seconds` (time spent in the executor).
+    included), `eval_seconds` (time spent in the executor), `images`
+    (validation images those plans were run on; early rejection makes it
+    less than evaluated x len(VAL)) and `rejected` (plans stopped early).
+    An executor without `screen` reports neither images nor rejections.
     """
 
     def __init__(self, cache: EvaluationCache, space, executor, progress: ProgressBar | None = None) -> None:
@@ -89,11 +97,23 @@ class CachedAccuracy:
         self.evaluated = 0
         self.cached = 0
         self.eval_seconds = 0.0
+        self.images = 0
+        self.rejected = 0
 
     @property
     def rate(self) -> float:
         """Evaluations per second so far."""
         return self.evaluated / max(self.eval_seconds, 1e-9)
+
+    @property
+    def images_per_s(self) -> float:
+        """Validation images evaluated per second so far (comparable with or without early rejection)."""
+        return self.images / max(self.eval_seconds, 1e-9)
+
+    def counters(self) -> dict:
+        """Every counter, for the report."""
+        return {"evaluated": self.evaluated, "cached": self.cached, "eval_seconds": self.eval_seconds,
+                "images": self.images, "rejected": self.rejected, "images_per_s": self.images_per_s}
 
     def __call__(self, xs: np.ndarray, label: str | None = None) -> np.ndarray:
         """Accuracy of each row of `xs`; with a `label`, a long evaluation shows a progress bar."""
@@ -116,11 +136,26 @@ class CachedAccuracy:
         for i in range(0, len(pending), chunk):
             part = pending[i:i + chunk]
             start = time.perf_counter()
-            acc = self.executor.accuracy(self.space.decode_batch(np.array([x for _, x in part])))
+            records = self._measure(self.space.decode_batch(np.array([x for _, x in part])))
             self.eval_seconds += time.perf_counter() - start
-            self.cache.put_many([{"key": k, "accuracy": float(a)} for (k, _), a in zip(part, acc)])
+            self.cache.put_many([{"key": k, **r} for (k, _), r in zip(part, records)])
             if show:
                 rate = (self.evaluated + i + len(part)) / max(self.eval_seconds, 1e-9)
                 self.progress.bar(i + len(part), len(pending), f"{label}  ({rate:.2f} eval/s)")
         if show:
             self.progress.done()
+
+    def _measure(self, plans: list) -> list[dict]:
+        """Cache records (less the key) of `plans`, from the executor's `screen` where it has one."""
+        screen = getattr(self.executor, "screen", None)
+        if screen is None:
+            return [{"accuracy": float(a)} for a in self.executor.accuracy(plans)]
+        records = []
+        for accuracy, images, rejected in np.asarray(screen(plans)).reshape(len(plans), 3):
+            record = {"accuracy": float(accuracy), "images": int(images)}
+            if rejected:
+                record["rejected"] = True
+                self.rejected += 1
+            self.images += int(images)
+            records.append(record)
+        return records

@@ -82,6 +82,7 @@ class SubstitutionEvaluator(Evaluator):
         self._use_bf16()
         bf16 = float(self.accuracy([Plan(())])[0])
         self.evaluations -= 2
+        self.images -= 2 * len(self.y)
         if abs(bf16 - fp32) > tolerance_points:
             self.precision = "fp32"
             self.notes.append(f"bf16 evaluation changed the baseline's top-1 by {bf16 - fp32:+.2f} points; evaluating in fp32")
@@ -170,6 +171,15 @@ class SubstitutionEvaluator(Evaluator):
 
     def _arrays(self, data: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
         return data.x.to(self.device), data.y.to(self.device)
+
+    def _index(self, order: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(order, dtype=torch.long, device=self.device)
+
+    def _take(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.index_select(0, index)
+        if self.precision == "bf16":  # keep the layout cuDNN's bf16 kernels expect
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.index_select(0, index)
 
     @torch.no_grad()
     def logits(self, plan: Plan, x: torch.Tensor) -> np.ndarray:

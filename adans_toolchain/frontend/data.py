@@ -56,6 +56,15 @@ class ImageSet:
     def subset(self, n: int) -> "ImageSet":
         return ImageSet(self.x[:n], self.y[:n], f"{self.source} (first {min(n, len(self))})")
 
+    def take(self, indices: Sequence[int] | np.ndarray) -> "ImageSet":
+        """The images at `indices`, in that order (a copy)."""
+        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return ImageSet(self.x[index], self.y[index], self.source)
+
+    def part(self, start: int, stop: int, what: str) -> "ImageSet":
+        """Images start..stop-1 (a view, no copy), `what` named in the source."""
+        return ImageSet(self.x[start:stop], self.y[start:stop], f"{self.source} ({what})")
+
 
 def _normalise_uint8_nhwc(pixels: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float().div_(255.0)
@@ -96,6 +105,10 @@ def _load_npz(path: Path, prep: Preprocessing, explicit_normalisation: bool) -> 
                 "drop --mean/--std or give uint8 images"
             )
         images = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        bad = int(images.numel() - torch.isfinite(images).sum())
+        if bad:
+            # Caught here, not by a search whose every accuracy would be NaN.
+            raise DataError(f"{path}: {bad} image values are not finite (NaN or infinity); fix or drop those images")
     else:
         raise DataError(f"{path}: images must be uint8 (NHWC) or float (NCHW), got {x.dtype}")
     labels = torch.from_numpy(y.astype(np.int64)) + prep.label_offset

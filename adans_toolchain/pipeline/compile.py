@@ -9,15 +9,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import sys
 import time
+import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
-from cost_models import workload_macs, workload_params
+from cost_models import UnsupportedOperatorError, workload_macs, workload_params
 from targets import Target, UnknownTargetError, load_target
 from targets.host import usable_cores
 
@@ -29,8 +30,11 @@ from adans_toolchain.reporting.facts import (
     CompileSubject,
     FinetuneFacts,
     FinetuneRun,
+    HoldoutSelection,
     ModelFacts,
+    OneRateFacts,
     PredictedLatency,
+    RescoredPlan,
     SearchFacts,
     SplitAccuracy,
 )
@@ -38,7 +42,10 @@ from adans_toolchain.analysis.channels import ChannelAnalysis, analyse_channels
 from adans_toolchain.analysis.graph import Graph
 from adans_toolchain.plan.layer_table import plan_group_table, plan_layer_table
 from adans_toolchain.plan.workload import graph_workload, plan_workloads
-from adans_toolchain.search.boundary import Boundary, characterise_boundary, initial_batch, max_boundary_evaluations
+from adans_toolchain.search.boundary import (
+    Boundary, OneRate, characterise_boundary, initial_batch, max_boundary_evaluations, one_rate_rule,
+)
+from adans_toolchain.search.holdout import choose_on_holdout, holdout_threshold, split_holdout, top_distinct
 from adans_toolchain.search.types import Evaluation, SearchResult
 from adans_toolchain.pipeline.config import CompileConfig
 from adans_toolchain.pipeline.costing import predicted_latency, report_latency_model, search_cost_model
@@ -48,6 +55,7 @@ from adans_toolchain.lowering.storage import storage
 from adans_toolchain.errors import ConfigError, DataError, InputError
 from adans_toolchain.evaluation.base import Evaluator, make_evaluator
 from adans_toolchain.evaluation.cache import CachedAccuracy, EvaluationCache
+from adans_toolchain.evaluation.rejection import EarlyRejection
 from adans_toolchain.evaluation.substitution import original_weights
 from adans_toolchain.evaluation.executors import EvaluatorSpec, make_executor
 from adans_toolchain.fileio import atomic_write_bytes, atomic_write_text
@@ -65,9 +73,11 @@ from adans_toolchain.plan.sites import layer_sites
 from adans_toolchain.search import maximize
 from adans_toolchain.plan.space import CompressionSpace
 from adans_toolchain.transforms.plan_transform import PlanTransform
-from adans_toolchain.pipeline.workspace import Workspace
+from adans_toolchain.pipeline.workspace import INPUT_SETTINGS, Workspace, fingerprint_inputs
 
 DEFAULT_MAX_DROP = 2.0
+# Bisection rounds of the one-rate rule: the rate to 1/128, finer than one unit of all but the widest groups.
+ONE_RATE_ROUNDS = 7
 
 
 @dataclass
@@ -82,6 +92,34 @@ class _Inputs:
     preprocessing: Preprocessing
     onnx_model: onnx.ModelProto
     analysis: ChannelAnalysis
+    # Honest selection (issue 13, --holdout): the search scores SEARCH-VAL (priorities, threshold and baseline
+    # accuracy included) and the plan to emit is chosen on HOLDOUT-VAL. Without a holdout, search_val is val.
+    # The headline accuracy of the emitted model stays measured on all of `val`.
+    search_val: ImageSet | None = None
+    holdout: ImageSet | None = None
+
+    def __post_init__(self) -> None:
+        if self.search_val is None:
+            self.search_val = self.val
+
+
+def _split_val(val: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet, ImageSet | None]:
+    """(val, search_val, holdout): VAL reordered so SEARCH-VAL comes first and HOLDOUT-VAL last, both views of it.
+
+    Reordering (one copy, the original released) keeps a single copy of the
+    images in memory; top-1 over all of VAL does not depend on the order.
+    Each part keeps VAL's own order. --holdout 0 leaves VAL as loaded.
+    """
+    search, held = split_holdout(val.y.numpy(), fraction, seed)
+    if not len(held):
+        if fraction > 0:
+            raise DataError(f"--holdout {fraction:g} of {len(val)} VAL images holds back none; give more VAL images or --holdout 0")
+        return val, val, None
+    if not len(search):
+        raise DataError(f"--holdout {fraction:g} of {len(val)} VAL images leaves none for the search; lower --holdout")
+    val = val.take(np.concatenate([search, held]))
+    n = len(search)
+    return val, val.part(0, n, f"{n} images the search ranks on"), val.part(n, len(val), f"{len(held)} held-back images")
 
 
 def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
@@ -108,10 +146,20 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
     explicit = cfg.mean is not None
     val = load_image_set(cfg.data, prep, limit=cfg.val_limit, explicit_normalisation=explicit)
     test = load_image_set(cfg.test_data, prep, explicit_normalisation=explicit) if cfg.test_data else None
+    val, search_val, holdout = _split_val(val, cfg.holdout, cfg.seed)
     calibration = None
     if cfg.bn_recalibrate > 0:
-        source = load_image_set(cfg.calibration_data, prep, explicit_normalisation=explicit) if cfg.calibration_data else val
+        # From the search part only: BatchNorm re-estimation uses no labels, but statistics estimated on the
+        # held-back images would adapt every candidate to them; kept out, they are images no candidate saw,
+        # as TEST is. (--holdout 0: search_val is VAL, as before.)
+        source = load_image_set(cfg.calibration_data, prep, explicit_normalisation=explicit) if cfg.calibration_data else search_val
         calibration = source.subset(cfg.bn_recalibrate)
+    if loaded.input_size and tuple(val.image_shape[1:]) != tuple(loaded.input_size):
+        (h, w), (vh, vw) = loaded.input_size, val.image_shape[1:]
+        warnings.warn(
+            f"--arch {cfg.arch} is built for {h}x{w} images but the VAL images are {vh}x{vw}, so its accuracy on them "
+            f"may mean little; give {h}x{w} images (--input-size {h} {w} resizes an ImageFolder)", stacklevel=1,
+        )
     for name, data in (("TEST", test), ("calibration", calibration)):
         if data is not None and data.image_shape != val.image_shape:
             raise DataError(f"{name} images are {data.image_shape} but VAL images are {val.image_shape}; they must match")
@@ -137,7 +185,8 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
                 "fix the labels (or --label-offset for models with a background class)"
             )
     analysis = analyse_channels(graph)
-    return _Inputs(target, threads, loaded.module, loaded.description, val, test, calibration, prep, onnx_model, analysis)
+    return _Inputs(target, threads, loaded.module, loaded.description, val, test, calibration, prep, onnx_model, analysis,
+                   search_val=search_val, holdout=holdout)
 
 
 def _check_model_runs_on(module: torch.nn.Module, data: ImageSet) -> None:
@@ -158,12 +207,34 @@ def _check_model_runs_on(module: torch.nn.Module, data: ImageSet) -> None:
         )
 
 
+def _searched(inputs: _Inputs) -> str:
+    """What the search scores on, for progress lines."""
+    if inputs.holdout is None:
+        return f"VAL ({len(inputs.val)} images)"
+    return f"SEARCH-VAL ({len(inputs.search_val)} of {len(inputs.val)} VAL images; {len(inputs.holdout)} held back)"
+
+
 def _fingerprint(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.graph.SerializeToString()).hexdigest()[:16]
 
 
 def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     progress = progress or Progress()
+    # OUT first: a run that could not write its results, or a resume whose model or data changed,
+    # stops here, before the model is loaded, and writes nothing.
+    ws = Workspace.prepare(cfg.out, cfg.resume_key(), resume=cfg.resume, overwrite=cfg.overwrite,
+                           inputs=fingerprint_inputs({name: getattr(cfg, name) for name in INPUT_SETTINGS}))
+    try:
+        report = _compile(cfg, progress, ws)
+    except BaseException:
+        ws.abandon()  # an --overwrite leaves the earlier run as it was; a run without evaluations leaves nothing
+        raise
+    ws.commit()
+    progress.step(f"done: {ws.root / 'report.md'}")
+    return report
+
+
+def _compile(cfg: CompileConfig, progress: Progress, ws: Workspace) -> dict:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     methods = cfg.canonical_methods  # the config validated itself when it was built
@@ -173,7 +244,7 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     cost_model = search_cost_model(cfg.cost, inputs.target, cfg.lut)
     transform = PlanTransform(analysis, original_weights(inputs.module, analysis))
     evaluator = make_evaluator(
-        inputs.module, inputs.val, transform, device=cfg.device, batch_size=cfg.batch_size, calibration=inputs.calibration,
+        inputs.module, inputs.search_val, transform, device=cfg.device, batch_size=cfg.batch_size, calibration=inputs.calibration,
         precision=cfg.precision,
     )
     identity = Plan((), _fingerprint(inputs.onnx_model))
@@ -187,11 +258,13 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
             f"the accuracy threshold {threshold:.2f}% is above the baseline's own {baseline_val:.2f}% on VAL; "
             "lower --accuracy-threshold (or use --max-accuracy-drop)"
         )
+    # Known only now; set before the executor is made, whose remote workers copy it (issue 13).
+    evaluator.early_rejection = EarlyRejection.from_setting(cfg.early_rejection, threshold)
     # One image's worth of accuracy is the smallest meaningful floor.
-    floor = cfg.accuracy_floor or max(baseline_val - threshold, 100.0 / len(inputs.val))
+    floor = cfg.accuracy_floor or max(baseline_val - threshold, 100.0 / len(inputs.search_val))
     timings["load_export_analyse_s"] = time.perf_counter() - t0
     progress.step(
-        f"baseline top-1 on VAL {baseline_val:.2f}% ({len(inputs.val)} images); threshold {threshold:.2f}%; "
+        f"baseline top-1 on {_searched(inputs)} {baseline_val:.2f}%; threshold {threshold:.2f}%; "
         f"{len(analysis.prunable_groups)} prunable channel groups, {len(analysis.frozen_groups)} frozen"
     )
     extra_sites = layer_sites(analysis, methods)
@@ -200,24 +273,24 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
         reasons = "; ".join(f"{g.id}: {g.frozen_reason}" for g in analysis.frozen_groups[:3])
         raise InputError(f"nothing in this model can be compressed with {', '.join(methods)} ({reasons})")
 
-    ws = Workspace.open(cfg.out, cfg.resume_key(), resume=cfg.resume, overwrite=cfg.overwrite)
+    baseline_cost = _baseline_cost(inputs, cost_model, identity)
+    if cfg.executor != "local" and not evaluator.distributable:
+        raise ConfigError(f"--executor {cfg.executor} distributes PyTorch models; an ONNX model is evaluated with --executor local")
+    ws.create()
     t = time.perf_counter()
     priorities = ws.load_array_dict("priorities.npz")
     if priorities is None:
         priorities = {}
         if groups:
-            progress.step(f"channel priorities ({cfg.priority}) on {len(inputs.val)} images")
+            progress.step(f"channel priorities ({cfg.priority}) on {len(inputs.search_val)} images")
             priorities = evaluator.priorities(analysis, groups, cfg.priority)
         ws.save_array_dict("priorities.npz", priorities)
     timings["priorities_s"] = time.perf_counter() - t
     space = CompressionSpace.from_priorities(
         groups, priorities, identity.model_fingerprint, round_to=cfg.round_to, extra_sites=extra_sites
     )
-    baseline_cost = float(cost_model.estimate(plan_workloads(analysis, [identity], batch=inputs.target.batch_size))[0])
     score = AdaNSScore(baseline_val, baseline_cost, threshold, floor)
     cache = EvaluationCache(ws.state / "evaluations.jsonl")
-    if cfg.executor != "local" and not evaluator.distributable:
-        raise ConfigError(f"--executor {cfg.executor} distributes PyTorch models; an ONNX model is evaluated with --executor local")
     executor = make_executor(
         cfg.executor, evaluator, lambda: _evaluator_spec(inputs, transform, cfg, evaluator.precision),
         workers=cfg.workers, ray_address=cfg.ray_address,
@@ -232,10 +305,23 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
         executor.close()
 
 
+def _baseline_cost(inputs: _Inputs, cost_model, identity: Plan) -> float:
+    """The baseline's cost on the target; an operator the cost models cannot price is the user's to know, before OUT is written."""
+    workloads = plan_workloads(inputs.analysis, [identity], batch=inputs.target.batch_size)
+    try:
+        workload_macs(workloads[0])  # the report gives MACs whatever --cost is
+        return float(cost_model.estimate(workloads)[0])
+    except UnsupportedOperatorError as e:
+        raise InputError(
+            f"the model has an operator adans cannot cost ({e}); replace it in the model (or export the "
+            "model without it, e.g. normalise outside the model), or report the operator"
+        ) from e
+
+
 def _evaluator_spec(inputs: _Inputs, transform, cfg: CompileConfig, precision: str) -> EvaluatorSpec:
     threads = max(1, inputs.threads // max(cfg.workers or inputs.threads, 1))
     return EvaluatorSpec.from_module(
-        inputs.module, val=inputs.val, calibration=inputs.calibration, analysis=inputs.analysis, weights=transform.weights,
+        inputs.module, val=inputs.search_val, calibration=inputs.calibration, analysis=inputs.analysis, weights=transform.weights,
         batch_size=cfg.batch_size, precision=precision, device=cfg.device, threads=threads,
     )
 
@@ -261,18 +347,107 @@ class _Run:
 
 
 def _search(run: _Run):
-    """Boundary characterisation, then AdaNS; every evaluation goes through the resumable cache."""
+    """The one-rate rule, the boundary characterisation, then AdaNS started from the rule.
+
+    Every evaluation goes through the resumable cache, and all of them together stay within --max-evaluations.
+    """
     # Every evaluation goes through the cache; its counters feed the progress bar and the report.
     accuracies = CachedAccuracy(run.cache, run.space, run.executor, run.progress)
+    budget = _EvaluationBudget(accuracies, run.cfg.max_evaluations)
     run.progress.step(_budget_line(run))
-    boundary = _characterise_boundary(run, accuracies)
-    result = _adans(run, boundary, _Objective(run, accuracies))
+    rule, rule_facts = _one_rate_rule(run, budget)
+    boundary = _characterise_boundary(run, budget)
+    result = _adans(run, boundary, rule, _Objective(run, accuracies), budget)
     stats = {"evaluated": accuracies.evaluated, "cached": accuracies.cached, "eval_seconds": accuracies.eval_seconds,
-             "executor": run.executor.describe(), "precision": run.evaluator.precision}
-    return boundary, result, stats
+             "executor": run.executor.describe(), "precision": run.evaluator.precision,
+             "images": accuracies.images, "rejected": accuracies.rejected}
+    return boundary, result, stats, rule_facts
 
 
-def _characterise_boundary(run: _Run, accuracies: CachedAccuracy) -> Boundary:
+class _EvaluationBudget:
+    """The cached accuracy under --max-evaluations.
+
+    The cap counts paid evaluations, the lines of OUT's cache, earlier
+    sessions included: a resume with the same cap pays for nothing, one with
+    a larger cap goes on from where the last stopped. A point the cap cannot
+    pay for is answered NaN (not evaluated), which ends a bisection; the
+    search asks `affordable` first and cuts its batch to fit.
+    """
+
+    def __init__(self, accuracies: CachedAccuracy, cap: int | None) -> None:
+        self.accuracies, self.cap = accuracies, cap
+
+    def remaining(self) -> int:
+        if self.cap is None:
+            return sys.maxsize
+        return max(self.cap - len(self.accuracies.cache.values), 0)
+
+    def _answered(self, xs: np.ndarray) -> np.ndarray:
+        """Which rows get an accuracy: cached, or new within the cap (first come, a repeated point paid once)."""
+        cache, space = self.accuracies.cache, self.accuracies.space
+        left, new, answered = self.remaining(), set(), []
+        for x in xs:
+            key = cache.key(space.states(x))
+            if cache.get(key) is None and key not in new and len(new) < left:
+                new.add(key)
+            answered.append(key in new or cache.get(key) is not None)
+        return np.array(answered, dtype=bool)
+
+    def affordable(self, xs: np.ndarray) -> int:
+        """How many leading rows of xs can be evaluated within the cap."""
+        answered = self._answered(np.atleast_2d(xs))
+        return len(answered) if answered.all() else int(np.argmin(answered))
+
+    def __call__(self, xs: np.ndarray, label: str | None = None) -> np.ndarray:
+        xs = np.atleast_2d(xs)
+        if self.cap is None:
+            return self.accuracies(xs, label)
+        answered = self._answered(xs)
+        acc = np.full(len(xs), np.nan)
+        if answered.any():
+            acc[answered] = self.accuracies(xs[answered], label)
+        return acc
+
+
+def _one_rate_rule(run: _Run, budget: _EvaluationBudget) -> tuple[OneRate, OneRateFacts]:
+    """What the search must beat: one rate for every coordinate, bisected through the same cache (free on resume).
+
+    Every coordinate of the space is a fraction compressed: of a group's units
+    (lowest priority first, as the search removes them), of a layer's weights
+    (pn), or of a decomposition mode's cheaper ranks, where it is about the
+    fraction of the layer's cost saved. So one r means the same for all.
+    """
+    t = time.perf_counter()
+    run.progress.step(f"one-rate rule: bisection on one rate for all {run.space.dim} coordinates ({ONE_RATE_ROUNDS} rounds)")
+    rule = one_rate_rule(budget, run.space.dim, run.score.accuracy_threshold, rounds=ONE_RATE_ROUNDS)
+    run.ws.save_json("one_rate.json", rule.as_dict())
+    facts = _one_rate_facts(run, rule)
+    run.timings["one_rate_s"] = time.perf_counter() - t
+    test = "" if facts.top1_test is None else f", TEST {facts.top1_test:.2f}%"
+    run.progress.step(
+        f"one-rate rule: r = {rule.rate:.4g}: {facts.macs_ratio:.1%} MACs, VAL {facts.top1_val:.2f}%{test} "
+        f"({rule.evaluations} evaluations{'' if rule.complete else '; --max-evaluations reached'})"
+    )
+    return rule, facts
+
+
+def _one_rate_facts(run: _Run, rule: OneRate) -> OneRateFacts:
+    """The rule's plan priced and, on TEST, scored by substitution (one evaluation; it is never lowered)."""
+    inputs, evaluator = run.inputs, run.evaluator
+    plan = run.space.decode(rule.point(run.space.dim)) if rule.rate else run.identity
+    macs = [workload_macs(w) for w in plan_workloads(inputs.analysis, [run.identity, plan])]
+    cost = float(run.cost_model.estimate(plan_workloads(inputs.analysis, [plan], batch=inputs.target.batch_size))[0])
+    # Rate 0 is the baseline: its TEST accuracy is the baseline model's, reported under Result.
+    test = evaluator.accuracy_on(plan, inputs.test) if inputs.test is not None and rule.rate else None
+    return OneRateFacts(
+        rate=rule.rate, macs_ratio=macs[1] / macs[0], cost_ratio=cost / run.score.baseline_cost,
+        top1_val=run.score.baseline_accuracy if rule.accuracy is None else rule.accuracy,
+        top1_test=None if test is None else float(test), bn_recalibrated=evaluator.recalibrates(plan),
+        evaluations=rule.evaluations, complete=rule.complete,
+    )
+
+
+def _characterise_boundary(run: _Run, accuracies: _EvaluationBudget) -> Boundary:
     cfg, space, progress = run.cfg, run.space, run.progress
     t = time.perf_counter()
     progress.step(f"boundary characterisation: bisection on {space.dim} coordinates ({len(space.sites)} sites)")
@@ -289,7 +464,7 @@ def _characterise_boundary(run: _Run, accuracies: CachedAccuracy) -> Boundary:
     run.timings["boundary_s"] = time.perf_counter() - t
     progress.step(
         f"boundary: mean theta {boundary.theta.mean():.2f}, feasible diagonal scale {boundary.diagonal_scale:.2f} "
-        f"({boundary.evaluations} evaluations)"
+        f"({boundary.evaluations} evaluations{'' if boundary.complete else '; --max-evaluations reached, stopped early'})"
     )
     return boundary
 
@@ -330,10 +505,23 @@ class _Objective:
         )
 
 
-def _adans(run: _Run, boundary: Boundary, objective: _Objective):
+def _adans(run: _Run, boundary: Boundary, rule: OneRate, objective: _Objective, budget: _EvaluationBudget):
+    """AdaNS in the boundary's box, its first batch led by the one-rate rule's point (so it never ends worse)."""
     cfg, space = run.cfg, run.space
     t = time.perf_counter()
-    init = initial_batch(boundary, cfg.samples, np.random.default_rng([cfg.seed, 2**31 - 1]))
+    start = rule.point(space.dim) if rule.rate else None  # rate 0 is the baseline: nothing to start from
+    init = initial_batch(boundary, cfg.samples, np.random.default_rng([cfg.seed, 2**31 - 1]), start=start)
+    if budget.affordable(init) == 0:
+        raise ConfigError(
+            f"--max-evaluations {cfg.max_evaluations} was spent before the search could evaluate a candidate; "
+            "raise it and --resume (what was evaluated is kept)"
+        )
+    # A per-site theta is a bisection's lower bound, and can fall short of the rule's rate; the box keeps the rule.
+    upper = boundary.theta if start is None else np.maximum(boundary.theta, start)
+    # Cut short by --max-evaluations, the rule and the boundary go on when a resume raises the cap, changing the
+    # first batch and the box a journal is bound to; so until both are complete the search keeps no journal (what
+    # it evaluated is in the cache, so running it again costs nothing).
+    journal = run.ws.history_path if rule.complete and boundary.complete else None
     result = maximize(
         objective,
         space.dim,
@@ -342,10 +530,11 @@ def _adans(run: _Run, boundary: Boundary, objective: _Objective):
         iterations=cfg.iterations,
         seed=cfg.seed,
         lower=np.zeros(space.dim),
-        upper=boundary.theta,
+        upper=upper,
         init=init,
-        journal=run.ws.history_path,
+        journal=journal,
         callback=objective.show,
+        budget=None if cfg.max_evaluations is None else budget,
     )
     run.progress.done()
     run.timings["search_s"] = time.perf_counter() - t
@@ -357,14 +546,21 @@ def _budget_line(run: _Run) -> str:
     cfg, inputs = run.cfg, run.inputs
     boundary = max_boundary_evaluations(run.space.levels, rounds=cfg.boundary_rounds)
     search = cfg.samples * cfg.iterations
-    # A candidate costs the baseline's VAL pass plus, when BatchNorm is re-estimated, a pass over the calibration images.
+    total = ONE_RATE_ROUNDS + boundary + search
+    capped = cfg.max_evaluations is not None and cfg.max_evaluations < total
+    # A candidate costs the baseline's pass over the searched images plus, when BatchNorm is re-estimated,
+    # a pass over the calibration images.
     calibration = len(inputs.calibration) if inputs.calibration is not None and run.evaluator.batchnorms else 0
-    per_evaluation = run.timings["baseline_evaluation_s"] * (1 + calibration / len(inputs.val)) / max(run.executor.workers, 1)
-    minutes = (boundary + search) * per_evaluation / 60
+    per_evaluation = (run.timings["baseline_evaluation_s"] * (1 + calibration / len(inputs.search_val))
+                      / max(run.executor.workers, 1))
+    minutes = min(total, cfg.max_evaluations or total) * per_evaluation / 60
     return (
-        f"budget: at most {boundary} boundary + {search} search evaluations (--samples {cfg.samples} x --iterations "
-        f"{cfg.iterations}), about {minutes:.0f} min at {per_evaluation:.1f} s each (the baseline's own evaluation time"
+        f"budget: at most {ONE_RATE_ROUNDS} one-rate rule + {boundary} boundary + {search} search = {total} evaluations "
+        f"(--samples {cfg.samples} x --iterations {cfg.iterations})"
+        + (f", capped at {cfg.max_evaluations} by --max-evaluations" if capped else "")
+        + f", about {minutes:.0f} min at {per_evaluation:.1f} s each (the baseline's own evaluation time"
         f"{', plus BatchNorm re-estimation' if calibration else ''}); evaluations already in OUT's cache cost nothing"
+        + (" but count towards the cap" if cfg.max_evaluations is not None else "")
     )
 
 
@@ -375,6 +571,7 @@ class SearchOutcome:
     boundary: Boundary
     result: SearchResult
     stats: dict  # evaluated, cached, eval_seconds, executor, precision
+    one_rate: OneRateFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -384,6 +581,7 @@ class SelectedPlan:
     best: Evaluation | None
     plan: Plan
     notes: tuple[str, ...] = ()
+    selection: HoldoutSelection | None = None  # with --holdout: the re-scoring on held-back VAL that chose it
 
 
 @dataclass(frozen=True)
@@ -404,21 +602,122 @@ class FinetuneOutcome:
 
 
 def _select_plan(run: _Run, result: SearchResult) -> SelectedPlan:
-    """The best feasible candidate, or the baseline when none is feasible and cheaper (with a note saying why)."""
+    """The best feasible candidate, or the baseline when none is feasible and cheaper (with a note saying why).
+
+    With --holdout the search's best few feasible, cheaper plans are scored
+    again on the held-back part of VAL and the plan is chosen there
+    (`_select_on_holdout`); the baseline cases below stay as they are.
+    """
     cfg, identity = run.cfg, run.identity
     feasible = [e for e in result.history if e.info.get("feasible")]
     best = max(feasible, key=lambda e: e.f) if feasible else None
     if best is None:
-        return SelectedPlan(None, identity, ("no candidate met the accuracy threshold; the emitted model is the uncompressed baseline",))
+        return _baseline_on_holdout(run, SelectedPlan(
+            None, identity, ("no candidate met the accuracy threshold; the emitted model is the uncompressed baseline",)))
     if best.info["cost_ratio"] >= 1.0:
         # Possible with a latency cost: channel counts off the runtime's SIMD blocking
         # can make every pruned candidate slower than the original.
-        return SelectedPlan(None, identity, (
+        return _baseline_on_holdout(run, SelectedPlan(None, identity, (
             f"no candidate that met the accuracy threshold costs less than the baseline (the best costs "
             f"{best.info['cost_ratio']:.1%} of it by the {cfg.cost} model); the emitted model is the uncompressed baseline"
             + ("; try --round-to 8 (or 16), which keeps channel counts the runtime runs fast" if cfg.cost == "latency" else ""),
-        ))
-    return SelectedPlan(best, run.space.decode(best.x))
+        )))
+    if run.inputs.holdout is None:
+        return SelectedPlan(best, run.space.decode(best.x))
+    return _select_on_holdout(run, [e for e in feasible if e.info["cost_ratio"] < 1.0])
+
+
+HOLDOUT_CACHE = "holdout_evaluations.jsonl"  # in OUT/state; valid for one split (--holdout, --seed, VAL: not resumable)
+
+
+def _holdout_accuracies(run: _Run, plans: list[tuple[str, Plan]]) -> list[float]:
+    """Top-1 on HOLDOUT-VAL of each (cache key, plan), scored as the search scores (BatchNorm re-estimated for
+    compressed plans); kept in OUT/state so a resume does not evaluate them again."""
+    cache = EvaluationCache(run.ws.state / HOLDOUT_CACHE)
+    for key, plan in plans:
+        if cache.get(key) is None:
+            cache.put_many([{"key": key, "accuracy": float(run.evaluator.accuracy_on(plan, run.inputs.holdout))}])
+    return [float(cache.get(key)["accuracy"]) for key, _ in plans]
+
+
+def _allowed_drop(run: _Run) -> float:
+    """The accuracy drop the constraint allows, in points (an absolute threshold allows its distance to the baseline)."""
+    cfg, score = run.cfg, run.score
+    if cfg.accuracy_threshold is None:
+        return DEFAULT_MAX_DROP if cfg.max_accuracy_drop is None else cfg.max_accuracy_drop
+    return score.baseline_accuracy - score.accuracy_threshold
+
+
+def _holdout_facts(run: _Run, baseline: float, threshold: float, candidates: tuple[RescoredPlan, ...],
+                   outcome: str) -> HoldoutSelection:
+    inputs = run.inputs
+    return HoldoutSelection(
+        fraction=run.cfg.holdout, search_images=len(inputs.search_val), holdout_images=len(inputs.holdout),
+        rescore_top=run.cfg.rescore_top, baseline_search_accuracy=run.score.baseline_accuracy,
+        baseline_holdout_accuracy=baseline, search_threshold=run.score.accuracy_threshold, holdout_threshold=threshold,
+        candidates=candidates, outcome=outcome,
+        calibration_from_search_part=inputs.calibration is not None and not run.cfg.calibration_data,
+    )
+
+
+def _baseline_on_holdout(run: _Run, selected: SelectedPlan) -> SelectedPlan:
+    """The baseline emitted before any re-scoring: with --holdout, its held-back accuracy too, for the report."""
+    if run.inputs.holdout is None:
+        return selected
+    (baseline,) = _holdout_accuracies(run, [("baseline", run.identity)])
+    threshold = holdout_threshold(baseline, allowed_drop=_allowed_drop(run), absolute=run.cfg.accuracy_threshold)
+    return dataclasses.replace(selected, selection=_holdout_facts(run, baseline, threshold, (), "baseline"))
+
+
+def _select_on_holdout(run: _Run, feasible: list[Evaluation]) -> SelectedPlan:
+    """Re-score the --rescore-top best distinct feasible plans on HOLDOUT-VAL and emit the best there.
+
+    The search's best on SEARCH-VAL is the luckiest of many noisy candidates
+    there; images it was not selected on measure it without that luck.
+    """
+    cfg, space, holdout = run.cfg, run.space, run.inputs.holdout
+    keys = [EvaluationCache.key(space.states(e.x)) for e in feasible]
+    top = top_distinct(keys, [e.f for e in feasible], cfg.rescore_top)
+    candidates = [feasible[i] for i in top]
+    run.progress.step(f"re-scoring the {len(candidates)} best feasible plans on the {len(holdout)} held-back VAL images")
+    baseline, *accuracies = _holdout_accuracies(
+        run, [("baseline", run.identity)] + [(keys[i], space.decode(feasible[i].x)) for i in top])
+    drop = _allowed_drop(run)
+    choice = choose_on_holdout(accuracies, [e.info["cost"] for e in candidates], run.score, baseline_holdout=baseline,
+                               allowed_drop=drop, absolute_threshold=cfg.accuracy_threshold)
+    rescored = tuple(
+        RescoredPlan(search_rank=i + 1, iteration=e.iteration, search_accuracy=float(e.info["accuracy"]),
+                     holdout_accuracy=a, cost_ratio=float(e.info["cost_ratio"]), search_score=e.f, holdout_score=f,
+                     feasible_on_holdout=ok, chosen=i == choice.chosen)
+        for i, (e, a, f, ok) in enumerate(zip(candidates, accuracies, choice.scores, choice.feasible))
+    )
+    selection = _holdout_facts(run, baseline, choice.score.accuracy_threshold, rescored, choice.outcome)
+    where = f"the {len(holdout)} held-back VAL images"
+    threshold = f"{choice.score.accuracy_threshold:.2f}%" + (
+        "" if cfg.accuracy_threshold is not None else f" (the baseline's {baseline:.2f}% there less {drop:g} points)")
+    if choice.chosen is None:
+        return SelectedPlan(None, run.identity, (
+            f"none of the {len(rescored)} best plans of the search met the accuracy threshold {threshold} on {where} "
+            f"(the most accurate scored {max(accuracies):.2f}% there); the emitted model is the uncompressed baseline",
+        ), selection)
+    chosen = rescored[choice.chosen]
+    notes = []
+    if choice.outcome == "fallback":
+        notes.append(
+            f"none of the {len(rescored)} best plans of the search met the accuracy threshold {threshold} on {where} "
+            f"(the baseline scores {baseline:.2f}% there); the emitted plan (search rank {chosen.search_rank}) is the "
+            f"most accurate there, {chosen.holdout_accuracy:.2f}%, within the allowed drop of {drop:.2f} points"
+        )
+    elif chosen.search_rank != 1:
+        first = rescored[0]
+        notes.append(
+            f"the emitted plan is the search's rank {chosen.search_rank} ({chosen.search_accuracy:.2f}% on SEARCH-VAL, "
+            f"{chosen.holdout_accuracy:.2f}% on {where}, cost {chosen.cost_ratio:.1%}), not its best "
+            f"({first.search_accuracy:.2f}% on SEARCH-VAL but {first.holdout_accuracy:.2f}% on the held-back images, "
+            f"cost {first.cost_ratio:.1%}{'' if first.feasible_on_holdout else ', below the threshold there'})"
+        )
+    best = candidates[choice.chosen]
+    return SelectedPlan(best, space.decode(best.x), tuple(notes), selection)
 
 
 def _emit(run: _Run, search: SearchOutcome, selected: SelectedPlan, evaluator_notes: tuple[str, ...]) -> dict:
@@ -455,7 +754,7 @@ def _emit(run: _Run, search: SearchOutcome, selected: SelectedPlan, evaluator_no
     notes.extend(n for n in latency_notes if n not in notes)
     timings["total_s"] = time.perf_counter() - run.t0
 
-    out = Path(cfg.out)
+    out = run.ws.root  # OUT, or the sibling an --overwrite is built in (swapped in when this returns)
     atomic_write_bytes(out / "baseline.onnx", models.baseline.SerializeToString())
     atomic_write_bytes(out / "model.onnx", models.compressed.model.SerializeToString())
     atomic_write_text(out / "plan.json", plan.to_json())
@@ -480,7 +779,6 @@ def _emit(run: _Run, search: SearchOutcome, selected: SelectedPlan, evaluator_no
         notes=notes, timings=timings,
     )
     report_writer.write_report(out, report, search.result.iterations)
-    progress.step(f"done: {out / 'report.md'}")
     return report
 
 
@@ -513,10 +811,15 @@ def _search_facts(run: _Run, search: SearchOutcome, selected: SelectedPlan, reca
         executor=stats.get("executor"),
         precision=stats.get("precision"),
         resumed_from=result.resumed_from,
-        best=None if best is None else {"f": best.f, "iteration": best.iteration, **best.info},
+        best=None if best is None else {"f": best.f, "iteration": best.iteration, **best.info, **_holdout_of(selected)},
         feasible_samples=sum(1 for e in result.history if e.info.get("feasible")),
         history_samples=len(result.history),
         iterations=tuple(result.iterations),
+        selection=selected.selection,
+        one_rate=search.one_rate,
+        images=stats.get("images"),
+        early_rejected=stats.get("rejected", 0),
+        early_rejection=_rejection_name(run.evaluator.early_rejection),
         bn_recalibration=BatchNormRecalibration(
             images=0 if inputs.calibration is None else len(inputs.calibration),
             source=cfg.calibration_data or (cfg.data if inputs.calibration is not None else None),
@@ -524,6 +827,19 @@ def _search_facts(run: _Run, search: SearchOutcome, selected: SelectedPlan, reca
             applied_to_emitted=recalibrated,
         ),
     )
+
+
+def _rejection_name(rule) -> str | None:
+    """'exact' or 'confidence 0.999' for the report (its notes carry the full description); None when off."""
+    if rule is None:
+        return None
+    return "exact" if rule.confidence is None else f"confidence {rule.confidence:g}"
+
+
+def _holdout_of(selected: SelectedPlan) -> dict:
+    """The emitted sample's top-1 on HOLDOUT-VAL, beside its search `accuracy` (on SEARCH-VAL), when there is one."""
+    chosen = None if selected.selection is None else selected.selection.chosen
+    return {} if chosen is None else {"holdout_accuracy": chosen.holdout_accuracy}
 
 
 def _model_facts(model: onnx.ModelProto, image_shape: tuple[int, ...], cost_model) -> ModelFacts:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from cost_models import cost_model_names
 
 from adans_toolchain.errors import ConfigError
-from adans_toolchain.search import SAMPLER_NAMES
+from adans_toolchain.search import SAMPLER_NAMES, make_sampler
 
 # Help sections, in the order `adans-compile --help` lists them.
 INPUTS = "model and data"
@@ -78,6 +78,24 @@ def comma_separated(text: str) -> tuple[str, ...]:
     return tuple(m.strip() for m in text.split(",") if m.strip())
 
 
+def _early_rejection(text: str) -> str:
+    """--early-rejection: 'exact', 'off' or a confidence in (0, 1), normalised."""
+    from adans_toolchain.evaluation.rejection import EarlyRejection
+
+    try:
+        rule = EarlyRejection.from_setting(text, 100.0)
+    except ValueError as e:
+        raise ConfigError(f"--early-rejection: {e}") from None
+    return "off" if rule is None else "exact" if rule.confidence is None else repr(rule.confidence)
+
+
+def _early_rejection_off(cfg: "CompileConfig") -> bool:
+    # Off is how every run before --early-rejection evaluated (and their OUT/config.json
+    # lacks the key), so such runs resume with --early-rejection off; exact or a
+    # confidence changes recorded accuracies and is compared on resume.
+    return cfg.early_rejection == "off"
+
+
 def _lut_only_feeds_the_report(cfg: "CompileConfig") -> bool:
     # Unless the search minimises latency, the table only feeds the report's
     # predicted latency: a finished MACs search can be resumed with a table to re-report it.
@@ -130,7 +148,7 @@ class CompileConfig:
         "gaussian", choices=SAMPLER_NAMES, group=SEARCH,
         help="how AdaNS draws each iteration's samples from the good ones so far: gaussian (the paper's best), "
         "genetic (selection, crossover, mutation), zoom (refines the best boxes), or uniform (no adaptation, "
-        "a baseline)",
+        "a baseline); or Optuna's tpe or cmaes instead of AdaNS (extra: pip install -e \".[optuna]\")",
     )
     cost: str = setting(
         "macs", choices=tuple(cost_model_names()), group=SEARCH,
@@ -149,6 +167,17 @@ class CompileConfig:
         metavar="POINTS", group=CONSTRAINT,
         help="floor of the accuracy drop in the score (default: the allowed drop)",
     )
+    holdout: float = setting(
+        0.3, metavar="FRACTION", group=CONSTRAINT,
+        help="hold back this fraction of VAL (seeded, stratified by label): the search ranks candidates on the "
+        "rest, and the emitted plan is chosen among the best few on the held-back images, whose accuracy no "
+        "candidate was selected on (0: rank and choose on all of VAL)",
+    )
+    rescore_top: int = setting(
+        5, metavar="K", group=CONSTRAINT, resumable=True,
+        help="how many of the search's best feasible plans are scored again on the held-back part of VAL "
+        "(--holdout); a resume may change it (the search does not depend on it)",
+    )
     priority: str = setting("taylor", choices=("taylor", "l1"), group=SEARCH,
                             help="channel priority: first-order Taylor, or the L1 norm of the weights")
     round_to: int | None = setting(metavar="N", group=SEARCH,
@@ -157,6 +186,14 @@ class CompileConfig:
                                   help="re-estimate BatchNorm statistics of every candidate on N images (0 = off)")
     calibration_data: str | None = setting(metavar="IMAGES", group=SEARCH,
                                            help="images for --bn-recalibrate (default: the VAL images)")
+    early_rejection: str = setting(
+        "exact", metavar="RULE", group=SEARCH, type=_early_rejection, resumable=_early_rejection_off,
+        help="stop evaluating a candidate after 20, 40, 60 or 80 percent of VAL (in a seeded random order) once it "
+        "falls below the threshold: exact (only when even every remaining image right would not reach it, so no "
+        "candidate that meets it is ever stopped), a confidence such as 0.999 (a Hoeffding-Serfling bound: a "
+        "candidate that meets the threshold is stopped with probability at most 1 - confidence), or off (every "
+        "candidate on all of VAL). A stopped candidate is recorded with its accuracy on the images it saw",
+    )
     # -- fine-tuning (runs after the search; its own checkpoint checks its settings) --
     train_data: str | None = setting(metavar="TRAIN", group=FINETUNE, resumable=True,
                                      help="training images (.npz or ImageFolder) for fine-tuning")
@@ -176,6 +213,12 @@ class CompileConfig:
                               help="iterations, T, including the initial batch; a resume may add more. The default "
                               "budget takes about an hour on a 2-core CPU (see --samples).")
     boundary_rounds: int = setting(6, metavar="R", group=SEARCH, help="bisection rounds per site for the boundary")
+    max_evaluations: int | None = setting(
+        metavar="N", group=SEARCH, resumable=True,
+        help="evaluate at most N candidates in all (one-rate rule, boundary and search; evaluations already in "
+        "OUT's cache count, repeats do not): the compile stops evaluating where N is reached and emits the best "
+        "found by then; a resume with a larger N goes on from there",
+    )
     seed: int = setting(0, group=SEARCH,
                         help="seed of every random draw (search, fine-tuning): the same seed and settings give "
                         "the same search history and result")
@@ -217,6 +260,7 @@ class CompileConfig:
             )
         if self.sampler not in SAMPLER_NAMES:
             raise ConfigError(f"unknown sampler '{self.sampler}'; choose one of {', '.join(SAMPLER_NAMES)}")
+        make_sampler(self.sampler)  # a sampler whose optional extra is missing is a ConfigError now, not mid-run
         if self.accuracy_threshold is not None and self.max_accuracy_drop is not None:
             raise ConfigError("give either --accuracy-threshold or --max-accuracy-drop, not both")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
@@ -225,10 +269,21 @@ class CompileConfig:
             raise ConfigError("--accuracy-threshold is a top-1 percentage in (0, 100]")
         if self.round_to is not None and self.round_to < 1:
             raise ConfigError("--round-to must be a positive channel count (e.g. 8)")
+        if not 0 <= self.holdout < 1:
+            raise ConfigError("--holdout is the fraction of VAL held back for choosing the plan, in [0, 1) (0 turns it off)")
+        if self.rescore_top < 1:
+            raise ConfigError("--rescore-top is a number of plans (>= 1)")
         if self.bn_recalibrate < 0:
             raise ConfigError("--bn-recalibrate is a number of images (0 turns it off)")
+        for flag, value in (("--threads", self.threads), ("--workers", self.workers), ("--batch-size", self.batch_size),
+                            ("--val-limit", self.val_limit)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be >= 1 (leave it out for the default)")
+        _early_rejection(self.early_rejection)
         if self.samples < 2 or self.iterations < 1:
             raise ConfigError("--samples must be >= 2 and --iterations >= 1")
+        if self.max_evaluations is not None and self.max_evaluations < 1:
+            raise ConfigError("--max-evaluations is a number of candidate evaluations (>= 1)")
         if self.priority not in ("taylor", "l1"):
             raise ConfigError("--priority must be taylor or l1")
         if self.device.startswith("cuda"):

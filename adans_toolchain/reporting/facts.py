@@ -20,8 +20,11 @@ __all__ = [
     "CompileSubject",
     "FinetuneFacts",
     "FinetuneRun",
+    "HoldoutSelection",
     "ModelFacts",
+    "OneRateFacts",
     "PredictedLatency",
+    "RescoredPlan",
     "SearchFacts",
     "SplitAccuracy",
     "Storage",
@@ -135,6 +138,76 @@ class FinetuneFacts:
 
 
 @dataclass(frozen=True)
+class RescoredPlan:
+    """One of the search's best feasible plans, scored again on the held-back part of VAL."""
+
+    search_rank: int  # 1: the search's best on SEARCH-VAL
+    iteration: int
+    search_accuracy: float  # top-1 on SEARCH-VAL, percent (what the search ranked it by)
+    holdout_accuracy: float  # top-1 on HOLDOUT-VAL, percent
+    cost_ratio: float  # by the search's cost model, relative to the baseline
+    search_score: float
+    holdout_score: float  # the same AdaNS score with the holdout's baseline accuracy and threshold
+    feasible_on_holdout: bool
+    chosen: bool
+
+
+@dataclass(frozen=True)
+class HoldoutSelection:
+    """Issue 13: the search ranked plans on SEARCH-VAL; the emitted plan was chosen on HOLDOUT-VAL."""
+
+    fraction: float  # --holdout
+    search_images: int
+    holdout_images: int
+    rescore_top: int  # --rescore-top
+    baseline_search_accuracy: float
+    baseline_holdout_accuracy: float
+    search_threshold: float
+    holdout_threshold: float
+    candidates: tuple[RescoredPlan, ...]  # in search order, best first
+    # "holdout": the best holdout score among the plans feasible there; "fallback": none feasible there, the
+    # most accurate there is within the allowed drop; "baseline": nothing to re-score, or nothing good enough.
+    outcome: str
+    calibration_from_search_part: bool  # BatchNorm re-estimation never saw the held-back images
+
+    @property
+    def chosen(self) -> RescoredPlan | None:
+        return next((c for c in self.candidates if c.chosen), None)
+
+    def as_dict(self) -> dict:
+        chosen = self.chosen
+        emitted = {"plan": "baseline", "search_accuracy": self.baseline_search_accuracy,
+                   "holdout_accuracy": self.baseline_holdout_accuracy, "cost_ratio": 1.0}
+        if chosen is not None:
+            emitted = {"plan": f"search rank {chosen.search_rank}", "search_accuracy": chosen.search_accuracy,
+                       "holdout_accuracy": chosen.holdout_accuracy, "cost_ratio": chosen.cost_ratio}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "candidates"}
+        d["candidates"] = [{f.name: getattr(c, f.name) for f in fields(c)} for c in self.candidates]
+        d["emitted"] = emitted
+        # The search alone would have emitted its rank-1 plan (the baseline when there is none).
+        d["differs_from_search_best"] = bool(self.candidates) and (chosen is None or chosen.search_rank != 1)
+        return d
+
+
+@dataclass(frozen=True)
+class OneRateFacts:
+    """The one-rate rule (issue 13): the same rate for every site, the largest the threshold allows.
+
+    What a search must beat. Its plan is scored by substitution like every
+    candidate (BatchNorm re-estimated when the candidates are) and never lowered.
+    """
+
+    rate: float  # fraction of every coordinate (0: no rate is feasible, the rule is the baseline)
+    macs_ratio: float  # the rule's plan's MACs over the baseline's
+    cost_ratio: float  # by the search's cost model
+    top1_val: float  # on the images the search scores
+    top1_test: float | None  # None without TEST data, or when the rule is the baseline
+    bn_recalibrated: bool  # its accuracies are with re-estimated BatchNorm statistics
+    evaluations: int  # bisection points evaluated (cache hits included)
+    complete: bool  # False: --max-evaluations ran out during the bisection
+
+
+@dataclass(frozen=True)
 class SearchFacts:
     """The search as it ran: settings it reports, counts, the chosen sample, the per-iteration log."""
 
@@ -156,6 +229,11 @@ class SearchFacts:
     history_samples: int
     iterations: tuple[IterationSummary, ...]
     bn_recalibration: BatchNormRecalibration
+    selection: HoldoutSelection | None = None  # None: --holdout 0, the search's best was emitted
+    one_rate: OneRateFacts | None = None  # None: a search that did not compute the rule (tests)
+    images: int | None = None  # VAL images run over all paid evaluations (early rejection stops some short)
+    early_rejected: int = 0  # evaluations stopped early because they could not reach the threshold
+    early_rejection: str | None = None  # the rule, as the evaluator describes it; None: off
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import fields
 from pathlib import Path
 
 from typing import Mapping, Sequence
@@ -69,7 +70,7 @@ def build_report(cfg, subject: CompileSubject, search: SearchFacts, outcome: Com
         "model": {"path": cfg.model, "description": subject.description, "input_shape": list(subject.input_shape)},
         "target": dict(subject.target),
         "data": {
-            "val": {"path": cfg.data, "images": subject.val_images},
+            "val": {"path": cfg.data, "images": subject.val_images, **_val_split(search)},
             **({"test": {"path": cfg.test_data, "images": subject.test_images}} if subject.test_images is not None else {}),
             "preprocessing": dict(subject.preprocessing),
         },
@@ -98,16 +99,23 @@ def build_report(cfg, subject: CompileSubject, search: SearchFacts, outcome: Com
             "accuracy_threshold": search.accuracy_threshold,
             "baseline_top1_val_substituted": search.baseline_accuracy,
             "boundary": dict(search.boundary),
+            "max_evaluations": cfg.max_evaluations,
+            "one_rate_rule": _one_rate(search, outcome),
             "sites": list(search.sites),
             "evaluations": search.evaluations,
             "cache_hits": search.cache_hits,
             "evaluations_per_s": search.evaluations / max(search.eval_seconds, 1e-9),
+            "images_evaluated": search.images,
+            "images_per_s": None if search.images is None else search.images / max(search.eval_seconds, 1e-9),
+            "early_rejected": search.early_rejected,
+            "early_rejection": search.early_rejection,
             "executor": search.executor,
             "precision": search.precision,
             "resumed_from_iteration": search.resumed_from,
             "best": None if search.best is None else dict(search.best),
             "feasible_samples": search.feasible_samples,
             "history_samples": search.history_samples,
+            "selection": None if search.selection is None else search.selection.as_dict(),
             "iterations_log": [
                 {k: getattr(s, k) for k in ("iteration", "alpha", "n_good", "mean_good_f", "best_f", "e_avg", "e_range", "n_evaluations", "elapsed_s")}
                 for s in search.iterations
@@ -126,6 +134,31 @@ def build_report(cfg, subject: CompileSubject, search: SearchFacts, outcome: Com
             report[name]["latency_ms"] = ms
             report[name]["latency_source"] = latency.source
     return report
+
+
+def _val_split(search: SearchFacts) -> dict:
+    """How VAL was split for honest selection (--holdout); {} when the search ranked and chose on all of it."""
+    sel = search.selection
+    return {} if sel is None else {"search_images": sel.search_images, "holdout_images": sel.holdout_images}
+
+
+def _one_rate(search: SearchFacts, outcome: CompileOutcome) -> dict | None:
+    """The one-rate rule beside the searched result; VAL for both is the substituted plan on the images the search scores."""
+    rule = search.one_rate
+    if rule is None:
+        return None
+    test, best = outcome.accuracies.test, search.best
+    searched_test = None if test is None else test.compressed if test.compressed_before_finetune is None else test.compressed_before_finetune
+    return {
+        **{f.name: getattr(rule, f.name) for f in fields(rule)},
+        "lowered": False,
+        "searched": {
+            "macs_ratio": outcome.compressed.macs / outcome.baseline.macs,
+            "cost_ratio": 1.0 if best is None else best["cost_ratio"],
+            "top1_val": search.baseline_accuracy if best is None else best["accuracy"],
+            "top1_test": searched_test,  # the emitted model (before any fine-tuning)
+        },
+    }
 
 
 def table_iv(speedup: dict, layers: list[dict], latency: PredictedLatency | None, target: Mapping) -> dict:
@@ -256,6 +289,86 @@ def _bn_recalibration_markdown(r: dict) -> list[str]:
     ]
 
 
+def _selection_markdown(r: dict) -> list[str]:
+    """The search's best plans re-scored on held-back VAL images, and which one was emitted (issue 13)."""
+    sel = r["search"].get("selection")
+    if not sel:
+        return []
+    e = sel["emitted"]
+    lines = [
+        "## Selection on held-back VAL",
+        "",
+        f"VAL was split (seeded, stratified by label) into {sel['search_images']} images the search ranked candidates "
+        f"on (SEARCH-VAL) and {sel['holdout_images']} held back ({sel['fraction']:.0%}); the "
+        f"{len(sel['candidates'])} best feasible plans of the search were scored again on the held-back images "
+        f"(baseline {_pct(sel['baseline_holdout_accuracy'])} there, threshold {_pct(sel['holdout_threshold'])}) "
+        "and the plan was chosen there"
+        + (", with BatchNorm statistics re-estimated on SEARCH-VAL images only" if sel["calibration_from_search_part"] else "")
+        + ".",
+        "",
+    ]
+    if sel["candidates"]:
+        lines += ["| search rank | iteration | top-1 SEARCH-VAL | top-1 held-back | cost ratio | score SEARCH-VAL | "
+                  "score held-back | feasible held-back | emitted |", "|---|---|---|---|---|---|---|---|---|"]
+        for c in sel["candidates"]:
+            lines.append(
+                f"| {c['search_rank']} | {c['iteration']} | {_pct(c['search_accuracy'])} | {_pct(c['holdout_accuracy'])} | "
+                f"{c['cost_ratio']:.1%} | {c['search_score']:.4f} | {c['holdout_score']:.4f} | "
+                f"{'yes' if c['feasible_on_holdout'] else 'no'} | {'**yes**' if c['chosen'] else ''} |"
+            )
+        lines.append("")
+    won = "the uncompressed baseline" if e["plan"] == "baseline" else f"the search's {e['plan'].replace('search ', '')} plan"
+    same = "it differs from" if sel["differs_from_search_best"] else "it is"
+    lines += [
+        f"Emitted: {won} ({_pct(e['search_accuracy'])} on SEARCH-VAL, {_pct(e['holdout_accuracy'])} held back); "
+        f"{same} what the search alone would have emitted"
+        + (" (the fallback: none met the threshold on the held-back images)" if sel["outcome"] == "fallback" else "")
+        + f". The VAL accuracy under Result is the emitted ONNX model on all {r['data']['val']['images']} VAL images.",
+        "",
+    ]
+    return lines
+
+
+def _one_rate_markdown(r: dict) -> list[str]:
+    """The one-rate rule beside the searched result (issue 13: the search must beat it)."""
+    rule = r["search"].get("one_rate_rule")
+    if not rule:
+        return []
+    val = "SEARCH-VAL" if r["search"].get("selection") else "VAL"
+    found = f"r = {rule['rate']:.4g}, the largest" if rule["rate"] else "no rate is feasible: the rule is the baseline, as the largest"
+    test_label = " (substituted, BatchNorm re-estimated)" if rule["bn_recalibrated"] else " (substituted)"
+    searched = rule["searched"]
+    lines = [
+        "## One-rate rule vs search",
+        "",
+        f"The one-rate rule removes the same fraction r of every searched coordinate, lowest channel priority first "
+        f"(the search's own order): {found} rate that meets the threshold, found by bisection "
+        f"({rule['evaluations']} evaluations"
+        + ("; --max-evaluations ran out during it" if not rule["complete"] else "")
+        + "). The search started from it; its plan is scored by substitution and not lowered.",
+        "",
+        f"| | MACs | cost ratio ({r['search']['cost']['name']}) | top-1 {val} (substituted) | top-1 TEST |",
+        "|---|---|---|---|---|",
+        f"| one-rate rule | {rule['macs_ratio']:.1%} | {rule['cost_ratio']:.1%} | {_pct(rule['top1_val'])} | "
+        f"{_pct(rule['top1_test'])}{test_label if rule['top1_test'] is not None else ''} |",
+        f"| searched (emitted) | {searched['macs_ratio']:.1%} | {searched['cost_ratio']:.1%} | {_pct(searched['top1_val'])} | "
+        f"{_pct(searched['top1_test'])}{' (emitted model)' if searched['top1_test'] is not None else ''} |",
+        "",
+    ]
+    return lines + _cap_markdown(r["search"])
+
+
+def _cap_markdown(s: dict) -> list[str]:
+    """What --max-evaluations cut short, if anything."""
+    if s.get("max_evaluations") is None:
+        return []
+    cut = [name for name, done in (("the one-rate rule's bisection", (s.get("one_rate_rule") or {}).get("complete", True)),
+                                   ("the boundary characterisation", s["boundary"].get("complete", True)),
+                                   ("the search", s["history_samples"] >= s["samples"] * s["iterations"])) if not done]
+    return [f"Evaluations were capped at {s['max_evaluations']} (--max-evaluations)"
+            + (f"; it stopped {', '.join(cut)} early." if cut else "; the cap was not reached."), ""]
+
+
 def _lowering_markdown(r: dict) -> list[str]:
     """Each lowering pass and the conditions checked around it (one that fails stops the compile, so all held)."""
     log = r.get("lowering") or []
@@ -360,14 +473,18 @@ def render_markdown(r: dict, plots: list[str]) -> str:
         f"top-1 agreement {v['top1_agreement']:.1%}.",
         "",
         *_lowering_markdown(r),
+        *_one_rate_markdown(r),
+        *_selection_markdown(r),
         "## Search",
         "",
         f"Sampler `{s['sampler']}`, cost `{s['cost']['name']}`"
         + (f" ({s['cost']['latency_source']})" if s["cost"].get("latency_source") else "")
         + f", b = {s['samples']}, T = {s['iterations']}, "
-        f"priority `{s['priority']}`; threshold {s['accuracy_threshold']:.2f} % on VAL; "
+        f"priority `{s['priority']}`; threshold {s['accuracy_threshold']:.2f} % on {'SEARCH-VAL' if s.get('selection') else 'VAL'}; "
         f"{s['evaluations']} evaluations ({s['cache_hits']} repeated plans served from cache), "
-        f"{s['evaluations_per_s']:.2f} evaluations/s; {s['feasible_samples']} of {s['history_samples']} samples feasible.",
+        f"{s['evaluations_per_s']:.2f} evaluations/s; {s['feasible_samples']} of {s['history_samples']} samples feasible."
+        + (f" Early rejection ({s['early_rejection']}): {s['early_rejected']} evaluations stopped before the end of VAL, "
+           f"{s['images_evaluated']:,} images run in all." if s.get("early_rejection") else ""),
         "",
         f"Score: {s['score']['formula']}, accuracy floor {s['score']['accuracy_floor']:.2f} points.",
         "",

@@ -9,6 +9,12 @@ Per iteration t:
   4. evaluate fn, append, summarise, write the iteration to the journal
      (fsync), then call the callback.
 
+Evaluation budget: with `budget`, an iteration evaluates only the leading
+samples of its batch the budget can pay for; a batch cut short is the last,
+and no iteration after the first starts once the budget is spent. The cut
+batch is journaled as it ran, so a resume with the same budget adds nothing
+and a resume with a larger one goes on from there.
+
 Determinism: iteration t draws from np.random.default_rng([seed, t]) and the
 sampler keeps no state, so iteration t depends only on (settings, committed
 history) — a resumed run recomputes exactly what the uninterrupted run did.
@@ -23,7 +29,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -36,6 +42,16 @@ from adans_toolchain.search.types import Evaluation, IterationSummary, SearchRes
 Scores = Union[np.ndarray, Sequence[float]]
 Objective = Callable[[np.ndarray], Union[Scores, tuple[Scores, Sequence[dict[str, Any]]]]]
 ArrayLike = Union[np.ndarray, Sequence[float], None]
+
+
+class EvaluationBudget(Protocol):
+    """What an evaluation budget tells the loop (the caller knows which points cost anything)."""
+
+    def remaining(self) -> int:
+        """Evaluations left to pay for."""
+
+    def affordable(self, xs: np.ndarray) -> int:
+        """How many leading rows of xs can be evaluated without crossing the budget."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,7 @@ def maximize(
     alpha_max: float = 0.95,
     reconstruction: bool = True,
     callback: Callable[[IterationSummary], None] | None = None,
+    budget: EvaluationBudget | None = None,
 ) -> SearchResult:
     """Maximise the black box `fn` over the box [lower, upper] ⊂ R^dim.
 
@@ -82,6 +99,9 @@ def maximize(
 
     `callback` is called with each IterationSummary computed in this call
     (not for iterations loaded from the journal).
+
+    `budget` caps what fn may be asked to evaluate (see the module's
+    docstring); ValueError if it cannot pay for a single initial sample.
     """
     settings = _validate(dim, samples, iterations, seed, lower, upper, init, alpha_max, reconstruction)
     strategy = _resolve_sampler(sampler)
@@ -94,13 +114,21 @@ def maximize(
 
     with journal_io.open_for_append(path) if path else contextlib.nullcontext() as handle:
         for t in range(len(summaries), settings.iterations):
-            batch, summary = _iteration(fn, t, strategy, settings, history)
+            if budget is not None and t > 0 and budget.remaining() <= 0:
+                break
+            proposed = _propose(t, strategy, settings, history)
+            n = _affordable(budget, proposed, t)
+            if n == 0:
+                break
+            batch, summary = _iteration(fn, t, proposed[:n], settings, history)
             history.extend(batch)
             summaries.append(summary)
             if handle is not None:
                 journal_io.append(handle, journal_io.iteration_text(batch, summary))
             if callback is not None:
                 callback(summary)
+            if len(batch) < len(proposed):
+                break  # cut short by the budget
 
     summaries = summaries[: settings.iterations]
     history = history[: summaries[-1].n_evaluations]
@@ -115,30 +143,43 @@ def maximize(
     )
 
 
+def _propose(t: int, sampler: Sampler, settings: _Settings, history: list[Evaluation]) -> np.ndarray:
+    """Iteration t's batch: `init` at iteration 0 if given, else the sampler's proposal from `history`."""
+    if t == 0 and settings.init is not None:
+        return np.clip(settings.init, settings.lower, settings.upper)
+    context = SearchContext.from_history(
+        np.array([e.x for e in history], dtype=np.float64).reshape(-1, settings.dim),
+        np.array([e.f for e in history], dtype=np.float64),
+        np.array([e.iteration for e in history], dtype=np.int64),
+        lower=settings.lower,
+        upper=settings.upper,
+        iteration=t,
+        batch_size=settings.samples,
+        alpha_max=settings.alpha_max,
+    )
+    batch = sampler.propose(context, settings.samples, np.random.default_rng([settings.seed, t]))
+    if not np.isfinite(batch).all():
+        raise ValueError(f"sampler {sampler.name!r} proposed non-finite points at iteration {t}")
+    return batch
+
+
+def _affordable(budget: EvaluationBudget | None, batch: np.ndarray, t: int) -> int:
+    """How many leading samples of the batch to evaluate (all without a budget)."""
+    if budget is None:
+        return len(batch)
+    n = int(budget.affordable(batch))
+    if n == 0 and t == 0:
+        raise ValueError("the evaluation budget cannot pay for any sample of the initial batch")
+    return n
+
+
 def _iteration(
-    fn: Objective, t: int, sampler: Sampler, settings: _Settings, history: list[Evaluation]
+    fn: Objective, t: int, batch: np.ndarray, settings: _Settings, history: list[Evaluation]
 ) -> tuple[list[Evaluation], IterationSummary]:
-    """Run iteration t on `history` (not modified); return its evaluations and summary."""
+    """Evaluate iteration t's batch after `history` (not modified); return its evaluations and summary."""
     start = time.perf_counter()
     xs = np.array([e.x for e in history], dtype=np.float64).reshape(-1, settings.dim)
     fs = np.array([e.f for e in history], dtype=np.float64)
-
-    if t == 0 and settings.init is not None:
-        batch = np.clip(settings.init, settings.lower, settings.upper)
-    else:
-        context = SearchContext.from_history(
-            xs,
-            fs,
-            np.array([e.iteration for e in history], dtype=np.int64),
-            lower=settings.lower,
-            upper=settings.upper,
-            iteration=t,
-            batch_size=settings.samples,
-            alpha_max=settings.alpha_max,
-        )
-        batch = sampler.propose(context, settings.samples, np.random.default_rng([settings.seed, t]))
-        if not np.isfinite(batch).all():
-            raise ValueError(f"sampler {sampler.name!r} proposed non-finite points at iteration {t}")
 
     predicted = None
     if settings.reconstruction and fs.size >= 2:

@@ -15,6 +15,7 @@ import pytest
 
 from adans_toolchain.cli.compile import main
 from adans_toolchain.evaluation.executors import LocalExecutor, evaluation_chunk
+from adans_toolchain.pipeline.compile import ONE_RATE_ROUNDS
 from adans_toolchain.plan import Plan
 from adans_toolchain.runtime.sessions import run_onnx
 
@@ -36,11 +37,13 @@ def compiled(tmp_path_factory, example_paths):
 
 def test_the_budget_is_announced_before_the_search_and_kept(compiled):
     log = (compiled.parent / "stderr.txt").read_text()
-    announced = re.search(r"budget: at most (\d+) boundary \+ (\d+) search evaluations .* about \d+ min at [\d.]+ s each", log)
+    announced = re.search(
+        r"budget: at most (\d+) one-rate rule \+ (\d+) boundary \+ (\d+) search = (\d+) evaluations .* about \d+ min at [\d.]+ s each", log
+    )
     assert announced, log
-    assert log.index("budget:") < log.index("boundary characterisation")
-    boundary, search = map(int, announced.groups())
-    assert search == 6 * 3
+    assert log.index("budget:") < log.index("one-rate rule: bisection") < log.index("boundary characterisation")
+    rule, boundary, search, total = map(int, announced.groups())
+    assert search == 6 * 3 and rule == 7 and total == rule + boundary + search
     r = json.loads((compiled / "report.json").read_text())
     spent = r["search"]["boundary"]["evaluations"]
     assert 0 < spent <= boundary
@@ -72,6 +75,28 @@ def test_report_has_the_promised_fields(compiled):
     assert "| layer | op |" in md and "layer3.2.conv1" in md
 
 
+def test_the_plan_is_chosen_on_held_back_val_and_the_report_gives_both_accuracies(compiled):
+    r = json.loads((compiled / "report.json").read_text())
+    val = r["data"]["val"]
+    assert val["search_images"] + val["holdout_images"] == val["images"] == 120 and val["holdout_images"] == 36
+    sel = r["search"]["selection"]
+    assert (sel["search_images"], sel["holdout_images"], sel["fraction"]) == (84, 36, 0.3)
+    emitted = sel["emitted"]
+    assert {"search_accuracy", "holdout_accuracy", "cost_ratio"} <= set(emitted)
+    assert 1 <= len(sel["candidates"]) <= 5
+    assert sum(c["chosen"] for c in sel["candidates"]) == (emitted["plan"] != "baseline")
+    for c in sel["candidates"]:
+        assert {"search_accuracy", "holdout_accuracy", "cost_ratio", "chosen"} <= set(c)
+    if r["search"]["best"] is not None:
+        chosen = next(c for c in sel["candidates"] if c["chosen"])
+        assert r["search"]["best"]["accuracy"] == chosen["search_accuracy"] == emitted["search_accuracy"]
+        assert r["search"]["best"]["holdout_accuracy"] == chosen["holdout_accuracy"] == emitted["holdout_accuracy"]
+    # The search's threshold and baseline are on SEARCH-VAL; the headline is the emitted model on all of VAL.
+    assert r["search"]["baseline_top1_val_substituted"] == sel["baseline_search_accuracy"]
+    md = (compiled / "report.md").read_text()
+    assert "## Selection on held-back VAL" in md and "on all 120 VAL images" in md
+
+
 def test_reported_accuracy_is_the_emitted_models(compiled, example_paths):
     r = json.loads((compiled / "report.json").read_text())
     data = np.load(example_paths["test"])
@@ -93,10 +118,12 @@ def test_resume_of_a_finished_run_evaluates_nothing_new(compiled, example_paths,
     # On a copy: the other tests read the fixture's report as the first run wrote it.
     compiled = Path(shutil.copytree(compiled, tmp_path / "copy"))
     before = (compiled / "state" / "evaluations.jsonl").read_text()
+    holdout_before = (compiled / "state" / "holdout_evaluations.jsonl").read_text()
     argv = [str(example_paths["model"]), "--arch", "cifar_resnet20", "--data", str(example_paths["val"]),
             "--test-data", str(example_paths["test"]), *TINY, "--no-measure", "--resume", str(compiled)]
     assert main(argv) == 0
     assert (compiled / "state" / "evaluations.jsonl").read_text() == before
+    assert (compiled / "state" / "holdout_evaluations.jsonl").read_text() == holdout_before  # re-scoring not redone
     r = json.loads((compiled / "report.json").read_text())
     assert r["search"]["evaluations"] == 0 and r["search"]["resumed_from_iteration"] == 3
 
@@ -108,28 +135,29 @@ def test_a_run_killed_mid_batch_keeps_finished_chunks_and_resumes_to_the_same_re
     common = [str(example_paths["model"]), "--arch", "cifar_resnet20", "--data", str(example_paths["val"]),
               "--test-data", str(example_paths["test"]), *TINY, "--no-measure"]
     chunk = evaluation_chunk(1)
+    rule = ONE_RATE_ROUNDS  # the one-rate rule's single points come first
     evaluated = {"n": 0}
-    original = LocalExecutor.accuracy
+    original = LocalExecutor.screen  # what the cached accuracy calls
 
     def killed_after_one_chunk(self, plans):
         evaluated["n"] += len(plans)
-        if evaluated["n"] > chunk:
+        if evaluated["n"] > rule + chunk:
             raise KeyboardInterrupt  # Ctrl-C during the first bisection round
         return original(self, plans)
 
-    monkeypatch.setattr(LocalExecutor, "accuracy", killed_after_one_chunk)
+    monkeypatch.setattr(LocalExecutor, "screen", killed_after_one_chunk)
     assert main([*common, "-o", str(out)]) == 130
     kept = (out / "state" / "evaluations.jsonl").read_text().splitlines()
-    assert len(kept) == chunk  # the first bisection round has more coordinates than one chunk
+    assert len(kept) == rule + chunk  # the first bisection round has more coordinates than one chunk
     err = capsys.readouterr().err
     assert f"{chunk}/" in err and "bisection round 1/2" in err  # the long round shows it advancing
     assert "interrupted" in err
 
-    monkeypatch.setattr(LocalExecutor, "accuracy", original)
+    monkeypatch.setattr(LocalExecutor, "screen", original)
     assert main([*common, "--resume", str(out)]) == 0
     resumed = json.loads((out / "report.json").read_text())
     first = json.loads((compiled / "report.json").read_text())
-    assert resumed["search"]["evaluations"] == first["search"]["evaluations"] - chunk
+    assert resumed["search"]["evaluations"] == first["search"]["evaluations"] - rule - chunk
     assert sorted((out / "state" / "evaluations.jsonl").read_text().splitlines()) == sorted(
         (compiled / "state" / "evaluations.jsonl").read_text().splitlines()
     )

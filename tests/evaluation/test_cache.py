@@ -109,3 +109,32 @@ def test_a_cut_off_last_line_is_dropped_and_a_damaged_one_refused(tmp_path):
     path.write_text('{"key": "1"\n{"key": "2", "accuracy": 1.0}\n')
     with pytest.raises(SearchStateError, match="damaged at line 1"):
         EvaluationCache(path)
+
+
+class _ScreeningExecutor(_Executor):
+    """Screens as an evaluator with early rejection does: plans scoring below 5 stop after 10 of 50 images."""
+
+    def screen(self, plans):
+        rows = []
+        for acc in self.accuracy(plans):
+            rows.append((acc, 10, 1.0) if acc < 5 else (acc, 50, 0.0))
+        return np.array(rows)
+
+
+def test_records_say_how_many_images_and_whether_rejected_early(tmp_path):
+    path = tmp_path / "e.jsonl"
+    accuracies = CachedAccuracy(EvaluationCache(path), _Space(), _ScreeningExecutor())
+    assert accuracies(np.array([[0.1, 0.2], [0.5, 0.4], [0.1, 0.2]])).tolist() == [3.0, 9.0, 3.0]
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"key": "1,2", "accuracy": 3.0, "images": 10, "rejected": True},
+        {"key": "5,4", "accuracy": 9.0, "images": 50},
+    ]
+    assert (accuracies.evaluated, accuracies.cached, accuracies.images, accuracies.rejected) == (2, 1, 60, 1)
+    assert accuracies.images_per_s > 0
+    assert set(accuracies.counters()) == {"evaluated", "cached", "eval_seconds", "images", "rejected", "images_per_s"}
+    # A cache written before early rejection (no "images", no "rejected") still loads: full evaluations.
+    path.write_text(path.read_text() + json.dumps({"key": "0,1", "accuracy": 1.0}) + "\n")
+    cache = EvaluationCache(path)
+    assert cache.get("0,1") == {"key": "0,1", "accuracy": 1.0} and cache.get("1,2")["rejected"] is True
+    again = CachedAccuracy(cache, _Space(), _ScreeningExecutor())
+    assert again(np.array([[0.0, 0.1], [0.1, 0.2]])).tolist() == [1.0, 3.0] and again.evaluated == 0

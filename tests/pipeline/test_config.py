@@ -51,7 +51,8 @@ CHANGES = {
     "iterations": 40, "threads": 3, "executor": "ray", "workers": 2, "ray_address": "ray://x", "test_data": "t.npz",
     "train_data": "train.npz", "finetune_epochs": 3, "finetune_lr": 0.1, "finetune_batch_size": 64, "distill": True,
     "finetune_baseline": True, "measure_budget_s": 1.0, "no_measure": True, "resume": True, "overwrite": True,
-    "debug": True, "out": "elsewhere", "command": "adans-compile ...",
+    "debug": True, "out": "elsewhere", "command": "adans-compile ...", "rescore_top": 3,
+    "max_evaluations": 100,
 }
 
 
@@ -67,7 +68,8 @@ def test_a_resumable_setting_may_change_on_resume(tmp_path, name):
 
 
 @pytest.mark.parametrize("change", [{"seed": 1}, {"samples": 20}, {"methods": ("d", "ps")}, {"round_to": 8},
-                                    {"cost": "memory"}, {"max_accuracy_drop": 1.0}, {"val_limit": 100}])
+                                    {"cost": "memory"}, {"max_accuracy_drop": 1.0}, {"val_limit": 100},
+                                    {"holdout": 0.0}])
 def test_any_other_change_stops_a_resume(tmp_path, change):
     first = make()
     Workspace.open(tmp_path, first.resume_key(), resume=False, overwrite=False)
@@ -104,6 +106,10 @@ def test_methods_are_expanded_in_canonical_order():
     ({"accuracy_threshold": 101.0}, "--accuracy-threshold is a top-1 percentage in (0, 100]"),
     ({"round_to": 0}, "--round-to must be a positive channel count (e.g. 8)"),
     ({"bn_recalibrate": -1}, "--bn-recalibrate is a number of images (0 turns it off)"),
+    ({"holdout": 1.0}, "--holdout is the fraction of VAL held back"),
+    ({"holdout": -0.1}, "--holdout is the fraction of VAL held back"),
+    ({"rescore_top": 0}, "--rescore-top is a number of plans (>= 1)"),
+    ({"max_evaluations": 0}, "--max-evaluations is a number of candidate evaluations"),
     ({"samples": 1}, "--samples must be >= 2 and --iterations >= 1"),
     ({"iterations": 0}, "--samples must be >= 2 and --iterations >= 1"),
     ({"priority": "random"}, "--priority must be taylor or l1"),

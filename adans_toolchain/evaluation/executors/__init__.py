@@ -5,6 +5,8 @@ a given seed the search history is the same whatever the executor and the
 number of workers.
 """
 
+from dataclasses import replace
+
 from adans_toolchain.evaluation.executors.base import Executor, chunk_bounds, evaluation_chunk
 from adans_toolchain.evaluation.executors.local import LocalExecutor
 from adans_toolchain.evaluation.executors.spec import EvaluatorSpec
@@ -15,9 +17,20 @@ __all__ = ["EXECUTOR_NAMES", "EvaluatorSpec", "Executor", "LocalExecutor", "chun
 
 
 def make_executor(name: str, evaluator, spec_factory, *, workers: int | None = None, ray_address: str | None = None) -> Executor:
-    """`spec_factory()` builds the EvaluatorSpec lazily (only remote executors need it)."""
+    """`spec_factory()` builds the EvaluatorSpec lazily (only remote executors need it).
+
+    Remote workers apply `evaluator`'s early-rejection rule as it is now (the
+    spec carries it unless it names one itself): set the rule before this.
+    """
     if name == "local":
         return LocalExecutor(evaluator)
+    factory = spec_factory
+
+    def spec_factory() -> EvaluatorSpec:
+        spec = factory()
+        rule = getattr(evaluator, "early_rejection", None)
+        return spec if spec.early_rejection is not None or rule is None else replace(spec, early_rejection=rule)
+
     if name == "multi-gpu":
         from adans_toolchain.evaluation.executors.processes import MultiProcessExecutor, visible_gpus
 

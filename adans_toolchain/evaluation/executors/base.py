@@ -38,8 +38,12 @@ class Executor(ABC):
     name: str = "executor"
 
     @abstractmethod
+    def screen(self, plans: Sequence[Plan]) -> np.ndarray:
+        """Rows [top-1 %, images seen, rejected] of each plan, in the order given (Evaluator.screen)."""
+
     def accuracy(self, plans: Sequence[Plan]) -> np.ndarray:
-        """Top-1 (percent) of each plan on the validation set, in the order given."""
+        """Top-1 (percent) of each plan on the validation set (a partial estimate if rejected early), in order."""
+        return self.screen(plans)[:, 0]
 
     @property
     def workers(self) -> int:

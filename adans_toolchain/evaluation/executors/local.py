@@ -16,5 +16,8 @@ class LocalExecutor(Executor):
     def __init__(self, evaluator) -> None:
         self.evaluator = evaluator
 
+    def screen(self, plans: Sequence[Plan]) -> np.ndarray:
+        return self.evaluator.screen(plans)
+
     def accuracy(self, plans: Sequence[Plan]) -> np.ndarray:
         return self.evaluator.accuracy(plans)

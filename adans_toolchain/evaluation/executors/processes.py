@@ -17,6 +17,7 @@ import numpy as np
 
 from adans_toolchain.errors import ConfigError
 from adans_toolchain.plan import Plan
+from adans_toolchain.evaluation.base import SCREEN_COLUMNS
 from adans_toolchain.evaluation.executors.base import Executor, chunk_bounds
 from adans_toolchain.evaluation.executors.spec import EvaluatorSpec
 
@@ -29,7 +30,8 @@ def _init(spec: EvaluatorSpec) -> None:
 
 
 def _evaluate(plans: list[Plan]) -> np.ndarray:
-    return _EVALUATOR.accuracy(plans)
+    """Rows [accuracy, images seen, rejected] (Evaluator.screen) of `plans`."""
+    return _EVALUATOR.screen(plans)
 
 
 def visible_gpus() -> list[str]:
@@ -64,7 +66,7 @@ class MultiProcessExecutor(Executor):
     def describe(self) -> dict:
         return {"executor": self.name, "workers": self.workers, "devices": self.devices}
 
-    def accuracy(self, plans: Sequence[Plan]) -> np.ndarray:
+    def screen(self, plans: Sequence[Plan]) -> np.ndarray:
         plans = list(plans)
         bounds = chunk_bounds(len(plans), self.workers)
         results: list[np.ndarray | None] = [None] * len(bounds)
@@ -85,7 +87,7 @@ class MultiProcessExecutor(Executor):
                 break
         if pending:
             raise RuntimeError(f"workers on {[self.devices[i] for i in pending]} died {self.retries + 1} times in a row")
-        return np.concatenate(results) if results else np.zeros(0)
+        return np.concatenate(results) if results else np.zeros((0, len(SCREEN_COLUMNS)))
 
     def close(self) -> None:
         for pool in self._pools:

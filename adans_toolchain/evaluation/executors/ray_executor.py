@@ -15,6 +15,7 @@ import numpy as np
 
 from adans_toolchain.errors import ConfigError
 from adans_toolchain.plan import Plan
+from adans_toolchain.evaluation.base import SCREEN_COLUMNS
 from adans_toolchain.evaluation.executors.base import Executor, chunk_bounds
 from adans_toolchain.evaluation.executors.spec import EvaluatorSpec
 
@@ -52,8 +53,8 @@ class RayExecutor(Executor):
                 self.spec = spec_ref.on(device, threads)
                 self.evaluator = self.spec.build()
 
-            def accuracy(self, plans):
-                return self.evaluator.accuracy(plans)
+            def screen(self, plans):
+                return self.evaluator.screen(plans)
 
         options = {"num_cpus": threads_per_worker, "num_gpus": 1 if use_gpu else 0}
         device = "cuda" if use_gpu else "cpu"
@@ -66,12 +67,12 @@ class RayExecutor(Executor):
     def describe(self) -> dict:
         return {"executor": self.name, "workers": self.workers, "ray_address": self._ray.get_runtime_context().gcs_address}
 
-    def accuracy(self, plans: Sequence[Plan]) -> np.ndarray:
+    def screen(self, plans: Sequence[Plan]) -> np.ndarray:
         plans = list(plans)
         bounds = chunk_bounds(len(plans), self.workers)
-        futures = [self.actors[i].accuracy.remote(plans[a:b]) for i, (a, b) in enumerate(bounds)]
+        futures = [self.actors[i].screen.remote(plans[a:b]) for i, (a, b) in enumerate(bounds)]
         results = self._ray.get(futures)
-        return np.concatenate(results) if results else np.zeros(0)
+        return np.concatenate(results) if results else np.zeros((0, len(SCREEN_COLUMNS)))
 
     def close(self) -> None:
         for actor in getattr(self, "actors", []):

@@ -7,6 +7,7 @@ must be able to import, as for any PyTorch checkpoint).
 
 from __future__ import annotations
 
+import copy
 import io
 from dataclasses import dataclass, replace
 
@@ -26,6 +27,7 @@ class EvaluatorSpec:
     precision: str = "fp32"
     device: str = "cpu"
     threads: int = 1
+    early_rejection: object = None  # evaluation.rejection.EarlyRejection: workers apply the same rule
 
     @classmethod
     def from_module(cls, module: torch.nn.Module, **kwargs) -> "EvaluatorSpec":
@@ -46,8 +48,15 @@ class EvaluatorSpec:
         module = self.module
         if isinstance(module, bytes):
             module = torch.jit.load(io.BytesIO(module), map_location="cpu")
+        else:
+            # A spec sent to worker processes carries its tensors in shared memory
+            # (torch's multiprocessing pickler): workers on the CPU would all
+            # substitute plans into one copy of the weights. Each gets its own.
+            module = copy.deepcopy(module)
         transform = PlanTransform(self.analysis, self.weights)
-        return SubstitutionEvaluator(
+        evaluator = SubstitutionEvaluator(
             module, self.val, transform, device=self.device, batch_size=self.batch_size,
             calibration=self.calibration, precision=self.precision,
         )
+        evaluator.early_rejection = self.early_rejection
+        return evaluator
