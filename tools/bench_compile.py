@@ -9,6 +9,8 @@ Suites (each job is one real compile; a killed job resumes where it stopped):
   executors      evaluations per second: ResNet-20 on this CPU, local and Ray
                  with 1, 2 and 4 workers; the paper's b=100, T=50 search  (issue 7)
   finetune       ResNet-56: search at a low threshold, then fine-tune     (issue 8)
+  search         ResNet-56: one-rate rule and the default search against TPE and CMA-ES,
+                 250 paid evaluations each, both threads                  (issue 13)
 
     python tools/bench_compile.py --suite spine            # run (or resume) the jobs
     python tools/bench_compile.py --suite spine --write-md # render BENCHMARKS.md section
@@ -103,6 +105,14 @@ SUITES: dict[str, dict[str, list[str]]] = {
         "resnet20-latency-r8": [*RESNET20, "--cost", "latency", "--lut", LUT, "--max-accuracy-drop", "8", "--round-to", "8",
                                 *RESNET20_SEARCH],
     },
+    # Issue 13: the one-rate rule, the default search and Optuna's TPE and CMA-ES on the identical
+    # objective (same cache, same score), each capped at the same paid evaluations, on both threads.
+    "search": {
+        f"resnet56-{sampler}": [*RESNET56, "--methods", "ps", "--max-accuracy-drop", "2", "--samples", "16",
+                                "--iterations", "16", "--boundary-rounds", "3", "--bn-recalibrate", "256",
+                                "--max-evaluations", "250", "--sampler", sampler, "--threads", "2"]
+        for sampler in ("gaussian", "tpe", "cmaes")
+    },
     "finetune": {
         "resnet56-ps-finetune": [*RESNET56, "--methods", "ps", "--max-accuracy-drop", "8", *RESNET56_SEARCH,
                                  "--train-data", f"{SHARED}/cifar10/train_lossless_4000.npz", "--finetune-epochs", "6",
@@ -167,6 +177,33 @@ def _row(name: str, r: dict) -> str:
     )
 
 
+def _search_row(name: str, r: dict) -> str:
+    """One-rate rule beside the searched plan (issue 13), TEST of the emitted model."""
+    b, c, s = r["baseline"], r["compressed"], r["search"]
+    rule = s.get("one_rate_rule") or {}
+    rule_cells = (f"r = {rule['rate']:.3f}: {rule['macs_ratio']:.1%}, {rule['top1_val']:.2f} / "
+                  f"{rule['top1_test']:.2f}" if rule.get("top1_test") is not None else "—")
+    test = f"{b['top1_test']:.2f} → {c['top1_test']:.2f}" if "top1_test" in c else "—"
+    images = s.get("images_evaluated")
+    return (
+        f"| {name} | {s['sampler']} | {rule_cells} | {c['macs'] / b['macs']:.1%} | {test} | {s['evaluations']} | "
+        f"{s.get('early_rejected', 0)} | {images if images is not None else '—'} | {s['evaluations_per_s']:.3f} | "
+        f"{r['timings_s'].get('search_s', 0) / 60:.1f} |"
+    )
+
+
+def render_search(rows: list) -> list[str]:
+    return [
+        "One-rate rule: r, MACs, top-1 SEARCH-VAL (substituted) / TEST (substituted, BatchNorm re-estimated);",
+        "searched: MACs and TEST of the emitted model; evaluations are paid ones (cache misses), early-rejected",
+        "ones stopped before the end of VAL; search minutes exclude loading and lowering.",
+        "",
+        "| job | sampler | one-rate rule | searched MACs | top-1 TEST | evaluations | early-rejected | images | eval/s | search min |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *[_search_row(name, r) for name, _, r in rows],
+    ]
+
+
 def render(suite: str) -> str:
     rows = []
     for name, argv in SUITES[suite].items():
@@ -194,6 +231,8 @@ def render(suite: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_row(name, r) for name, _, r in rows]
+    if suite == "search":
+        lines += ["", *render_search(rows)]
     lines += ["", "Commands:", ""]
     lines += [f"- `{name}`: `{r['command']}`" for name, _, r in rows]
     return "\n".join(lines) + "\n"
@@ -214,6 +253,7 @@ HEADINGS = {
     "executors": "Search speed and executors (issue 7)",
     "finetune": "Accuracy recovery (issue 8)",
     "latency": "Latency-driven vs MACs-driven search (issue 5)",
+    "search": "The search against the one-rate rule, TPE and CMA-ES (issue 13)",
 }
 
 
