@@ -61,3 +61,19 @@ def fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def unwritable_reason(folder: Path) -> str | None:
+    """None when a file can be created in `folder`, else why not.
+
+    Creating and removing a probe is the one sure test: permission bits,
+    read-only mounts and root (who passes os.access checks) all show in it.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "not a directory"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".adans-probe-", dir=folder))
+    except OSError as e:
+        return e.strerror or str(e)
+    return None

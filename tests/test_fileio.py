@@ -28,3 +28,13 @@ def test_replacing_leaves_no_temporary_file(tmp_path):
     atomic_write_text(tmp_path / "a.json", "2")
     assert (tmp_path / "a.json").read_text() == "2"
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_unwritable_reason_tells_a_folder_that_takes_files_from_one_that_does_not(tmp_path):
+    from adans_toolchain.fileio import unwritable_reason
+
+    assert unwritable_reason(tmp_path) is None
+    assert list(tmp_path.iterdir()) == []  # the probe is gone
+    (tmp_path / "file").write_text("x")
+    assert unwritable_reason(tmp_path / "file") == "not a directory"
+    assert unwritable_reason(tmp_path / "missing") == "not a directory"

@@ -157,18 +157,16 @@ def _profile(args) -> int:
 
 def _check_table_path(out: Path) -> None:
     """Before hours of timing: the table can be written where -o says (the profiler writes it as families finish)."""
-    import os
-    import tempfile
+    from adans_toolchain.fileio import unwritable_reason
 
     if out.is_dir():
         raise ConfigError(f"-o {out} is a directory; give the table's file name (e.g. -o {out / 'table.json'})")
     folder = next((f for f in out.parents if f.exists()), Path("."))
     if not folder.is_dir():
         raise ConfigError(f"-o {out}: {folder} is not a directory; give a table path in a folder")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".adans-probe-", dir=folder))
-    except OSError as e:
-        raise OutputError(f"cannot write the table {out} ({e.strerror or e} in {folder}); choose an -o you can write to") from e
+    reason = unwritable_reason(folder)
+    if reason is not None:
+        raise OutputError(f"cannot write the table {out} ({reason} in {folder}); choose an -o you can write to")
 
 
 if __name__ == "__main__":

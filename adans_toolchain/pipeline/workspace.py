@@ -24,14 +24,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from adans_toolchain.errors import OutputError, SearchStateError
-from adans_toolchain.fileio import atomic_write_bytes, atomic_write_text, fsync_folder
+from adans_toolchain.fileio import atomic_write_bytes, atomic_write_text, fsync_folder, unwritable_reason
 from adans_toolchain.pipeline.config import RESUMABLE_SETTINGS
 
 CONFIG = "config.json"
@@ -288,13 +287,11 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def _check_writable(folder: Path) -> None:
-    """Create and remove a folder in `folder`: the one sure test (permissions, read-only mounts, root)."""
-    if not folder.is_dir():
+    reason = unwritable_reason(folder)
+    if reason == "not a directory":
         raise OutputError(f"cannot create the output under {folder}: it is not a directory; choose another -o")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".adans-probe-", dir=folder))
-    except OSError as e:
-        raise OutputError(f"cannot write to {folder} ({e.strerror or e}); choose an -o you can write to") from e
+    if reason is not None:
+        raise OutputError(f"cannot write to {folder} ({reason}); choose an -o you can write to")
 
 
 def _pid_alive(pid: int) -> bool:
