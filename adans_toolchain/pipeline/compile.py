@@ -71,7 +71,7 @@ from adans_toolchain.pipeline.progress import Progress
 from adans_toolchain.search.scoring import AdaNSScore
 from adans_toolchain.plan.sites import layer_sites
 from adans_toolchain.search import maximize
-from adans_toolchain.plan.space import CompressionSpace
+from adans_toolchain.plan.space import CompressionSpace, PruningSite
 from adans_toolchain.transforms.plan_transform import PlanTransform
 from adans_toolchain.pipeline.workspace import INPUT_SETTINGS, Workspace, fingerprint_inputs
 
@@ -418,20 +418,39 @@ def _one_rate_rule(run: _Run, budget: _EvaluationBudget) -> tuple[OneRate, OneRa
     fraction of the layer's cost saved. So one r means the same for all.
     """
     t = time.perf_counter()
-    run.progress.step(f"one-rate rule: bisection on one rate for all {run.space.dim} coordinates ({ONE_RATE_ROUNDS} rounds)")
-    rule = one_rate_rule(budget, run.space.dim, run.score.accuracy_threshold, rounds=ONE_RATE_ROUNDS)
-    run.ws.save_json("one_rate.json", rule.as_dict())
-    facts = _one_rate_facts(run, rule)
+    candidates = []
+    for variant, mask in _one_rate_variants(run.space):
+        run.progress.step(f"one-rate rule ({variant}): bisection on one rate ({ONE_RATE_ROUNDS} rounds)")
+        rule = one_rate_rule(budget, run.space.dim, run.score.accuracy_threshold, rounds=ONE_RATE_ROUNDS, mask=mask)
+        candidates.append((variant, rule, _one_rate_facts(run, rule, variant)))
+        if not rule.complete:
+            break
+    # The rule is the cheaper of its variants (both meet the threshold; rate 0 is the baseline).
+    variant, rule, facts = min(candidates, key=lambda c: c[2].cost_ratio)
+    facts = dataclasses.replace(facts, evaluations=sum(c[1].evaluations for c in candidates))
+    run.ws.save_json("one_rate.json", {**rule.as_dict(), "variant": variant})
     run.timings["one_rate_s"] = time.perf_counter() - t
     test = "" if facts.top1_test is None else f", TEST {facts.top1_test:.2f}%"
     run.progress.step(
-        f"one-rate rule: r = {rule.rate:.4g}: {facts.macs_ratio:.1%} MACs, VAL {facts.top1_val:.2f}%{test} "
-        f"({rule.evaluations} evaluations{'' if rule.complete else '; --max-evaluations reached'})"
+        f"one-rate rule ({variant}): r = {rule.rate:.4g}: {facts.macs_ratio:.1%} MACs, VAL {facts.top1_val:.2f}%{test} "
+        f"({facts.evaluations} evaluations{'' if rule.complete else '; --max-evaluations reached'})"
     )
     return rule, facts
 
 
-def _one_rate_facts(run: _Run, rule: OneRate) -> OneRateFacts:
+def _one_rate_variants(run_space: CompressionSpace) -> list[tuple[str, tuple[bool, ...] | None]]:
+    """Every coordinate; and, when some channel groups are shared by several layers (residual streams,
+    concatenations), every coordinate but those: one rate on a residual stream cuts every block at once,
+    which a network tolerates far less than the same rate on its blocks' inner channels."""
+    shared = [isinstance(site, PruningSite) and len(site.group.producers) > 1
+              for site in run_space.sites for _ in range(site.dims)]
+    variants: list[tuple[str, tuple[bool, ...] | None]] = [("all coordinates", None)]
+    if any(shared) and not all(shared):
+        variants.append(("shared channel groups kept whole", tuple(not s for s in shared)))
+    return variants
+
+
+def _one_rate_facts(run: _Run, rule: OneRate, variant: str = "all coordinates") -> OneRateFacts:
     """The rule's plan priced and, on TEST, scored by substitution (one evaluation; it is never lowered)."""
     inputs, evaluator = run.inputs, run.evaluator
     plan = run.space.decode(rule.point(run.space.dim)) if rule.rate else run.identity
@@ -443,7 +462,7 @@ def _one_rate_facts(run: _Run, rule: OneRate) -> OneRateFacts:
         rate=rule.rate, macs_ratio=macs[1] / macs[0], cost_ratio=cost / run.score.baseline_cost,
         top1_val=run.score.baseline_accuracy if rule.accuracy is None else rule.accuracy,
         top1_test=None if test is None else float(test), bn_recalibrated=evaluator.recalibrates(plan),
-        evaluations=rule.evaluations, complete=rule.complete,
+        evaluations=rule.evaluations, complete=rule.complete, variant=variant,
     )
 
 
@@ -546,7 +565,8 @@ def _budget_line(run: _Run) -> str:
     cfg, inputs = run.cfg, run.inputs
     boundary = max_boundary_evaluations(run.space.levels, rounds=cfg.boundary_rounds)
     search = cfg.samples * cfg.iterations
-    total = ONE_RATE_ROUNDS + boundary + search
+    rule = ONE_RATE_ROUNDS * len(_one_rate_variants(run.space))
+    total = rule + boundary + search
     capped = cfg.max_evaluations is not None and cfg.max_evaluations < total
     # A candidate costs the baseline's pass over the searched images plus, when BatchNorm is re-estimated,
     # a pass over the calibration images.
@@ -555,7 +575,7 @@ def _budget_line(run: _Run) -> str:
                       / max(run.executor.workers, 1))
     minutes = min(total, cfg.max_evaluations or total) * per_evaluation / 60
     return (
-        f"budget: at most {ONE_RATE_ROUNDS} one-rate rule + {boundary} boundary + {search} search = {total} evaluations "
+        f"budget: at most {rule} one-rate rule + {boundary} boundary + {search} search = {total} evaluations "
         f"(--samples {cfg.samples} x --iterations {cfg.iterations})"
         + (f", capped at {cfg.max_evaluations} by --max-evaluations" if capped else "")
         + f", about {minutes:.0f} min at {per_evaluation:.1f} s each (the baseline's own evaluation time"

@@ -205,6 +205,7 @@ class OneRateFacts:
     bn_recalibrated: bool  # its accuracies are with re-estimated BatchNorm statistics
     evaluations: int  # bisection points evaluated (cache hits included)
     complete: bool  # False: --max-evaluations ran out during the bisection
+    variant: str = "all coordinates"  # which coordinates the rate applies to (the cheaper feasible variant)
 
 
 @dataclass(frozen=True)

@@ -341,7 +341,9 @@ def _one_rate_markdown(r: dict) -> list[str]:
     lines = [
         "## One-rate rule vs search",
         "",
-        f"The one-rate rule removes the same fraction r of every searched coordinate, lowest channel priority first "
+        f"The one-rate rule removes the same fraction r of every searched coordinate ({rule.get('variant', 'all coordinates')}; "
+        "the cheaper of: every coordinate, and every coordinate but channel groups shared by several layers), "
+        "lowest channel priority first "
         f"(the search's own order): {found} rate that meets the threshold, found by bisection "
         f"({rule['evaluations']} evaluations"
         + ("; --max-evaluations ran out during it" if not rule["complete"] else "")

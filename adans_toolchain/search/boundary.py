@@ -42,17 +42,25 @@ class OneRate:
     evaluations: int  # points evaluated (a point the budget refused is not one)
     rounds: list[dict]
     complete: bool = True  # False: the evaluation budget ran out before the last round
+    mask: tuple[bool, ...] | None = None  # the coordinates the rate applies to (None: all); the rest stay 0
 
     def point(self, dim: int) -> np.ndarray:
-        return np.full(dim, self.rate)
+        return self.rate * _mask(self.mask, dim)
 
     def as_dict(self) -> dict:
         return {"rate": self.rate, "accuracy": self.accuracy, "evaluations": self.evaluations,
-                "rounds": self.rounds, "complete": self.complete}
+                "rounds": self.rounds, "complete": self.complete,
+                "mask": None if self.mask is None else [bool(m) for m in self.mask]}
 
 
-def one_rate_rule(accuracy: AccuracyFn, dim: int, threshold: float, *, rounds: int = 7) -> OneRate:
-    """Bisection on one rate r in [0, 1] applied to every coordinate: the largest feasible r within 2**-rounds.
+def _mask(mask: tuple[bool, ...] | None, dim: int) -> np.ndarray:
+    return np.ones(dim) if mask is None else np.asarray(mask, dtype=np.float64)
+
+
+def one_rate_rule(
+    accuracy: AccuracyFn, dim: int, threshold: float, *, rounds: int = 7, mask: tuple[bool, ...] | None = None
+) -> OneRate:
+    """Bisection on one rate r in [0, 1] applied to every coordinate (or those `mask` selects): the largest feasible r within 2**-rounds.
 
     r = 0 is the baseline, feasible by construction, so it is never evaluated;
     nor is r = 1 (every site down to one unit), which no threshold survives.
@@ -61,17 +69,18 @@ def one_rate_rule(accuracy: AccuracyFn, dim: int, threshold: float, *, rounds: i
     """
     lo, hi, at_lo = 0.0, 1.0, None
     log: list[dict] = []
+    direction = _mask(mask, dim)
     for _ in range(rounds):
         r = 0.5 * (lo + hi)
-        acc = float(np.asarray(accuracy(np.full((1, dim), r)), dtype=np.float64)[0])
+        acc = float(np.asarray(accuracy((r * direction)[None, :]), dtype=np.float64)[0])
         if np.isnan(acc):
-            return OneRate(lo, at_lo, len(log), log, complete=False)
+            return OneRate(lo, at_lo, len(log), log, complete=False, mask=mask)
         log.append({"rate": r, "accuracy": acc})
         if acc >= threshold:
             lo, at_lo = r, acc
         else:
             hi = r
-    return OneRate(lo, at_lo, len(log), log)
+    return OneRate(lo, at_lo, len(log), log, mask=mask)
 
 
 @dataclass(frozen=True)

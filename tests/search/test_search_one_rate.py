@@ -147,3 +147,17 @@ def test_a_resume_with_the_same_budget_adds_nothing_and_a_larger_one_goes_on(tmp
 def test_a_budget_that_pays_for_nothing_of_the_first_batch_is_an_error():
     with pytest.raises(ValueError, match="initial batch"):
         maximize(_paying(_Budget(0)), 2, samples=4, iterations=2, budget=_Budget(0))
+
+
+def test_a_masked_rule_moves_only_the_masked_coordinates():
+    seen = []
+
+    def accuracy(xs):
+        seen.append(xs[0].copy())
+        return np.array([100.0 - 40.0 * xs[0].sum()])
+
+    mask = (True, False, True, False)
+    rule = one_rate_rule(accuracy, 4, 90.0, mask=mask)
+    assert all(x[1] == 0 and x[3] == 0 and x[0] == x[2] for x in seen)
+    assert np.array_equal(rule.point(4), rule.rate * np.array([1.0, 0.0, 1.0, 0.0]))
+    assert 0.125 - 2**-7 <= rule.rate <= 0.125  # 100 - 80 r >= 90
