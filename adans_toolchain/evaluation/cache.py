@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -159,3 +160,48 @@ class CachedAccuracy:
             self.images += int(images)
             records.append(record)
         return records
+
+
+class BudgetedAccuracy:
+    """The cached accuracy under a cap on paid evaluations (--max-evaluations).
+
+    The cap counts paid evaluations, the lines of OUT's cache, earlier
+    sessions included: a resume with the same cap pays for nothing, one with
+    a larger cap goes on from where the last stopped. A point the cap cannot
+    pay for is answered NaN (not evaluated), which ends a bisection; the
+    search asks `affordable` first and cuts its batch to fit.
+    """
+
+    def __init__(self, accuracies: CachedAccuracy, cap: int | None) -> None:
+        self.accuracies, self.cap = accuracies, cap
+
+    def remaining(self) -> int:
+        if self.cap is None:
+            return sys.maxsize
+        return max(self.cap - len(self.accuracies.cache.values), 0)
+
+    def _answered(self, xs: np.ndarray) -> np.ndarray:
+        """Which rows get an accuracy: cached, or new within the cap (first come, a repeated point paid once)."""
+        cache, space = self.accuracies.cache, self.accuracies.space
+        left, new, answered = self.remaining(), set(), []
+        for x in xs:
+            key = cache.key(space.states(x))
+            if cache.get(key) is None and key not in new and len(new) < left:
+                new.add(key)
+            answered.append(key in new or cache.get(key) is not None)
+        return np.array(answered, dtype=bool)
+
+    def affordable(self, xs: np.ndarray) -> int:
+        """How many leading rows of xs can be evaluated within the cap."""
+        answered = self._answered(np.atleast_2d(xs))
+        return len(answered) if answered.all() else int(np.argmin(answered))
+
+    def __call__(self, xs: np.ndarray, label: str | None = None) -> np.ndarray:
+        xs = np.atleast_2d(xs)
+        if self.cap is None:
+            return self.accuracies(xs, label)
+        answered = self._answered(xs)
+        acc = np.full(len(xs), np.nan)
+        if answered.any():
+            acc[answered] = self.accuracies(xs[answered], label)
+        return acc

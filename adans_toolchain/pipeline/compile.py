@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ from adans_toolchain.lowering.emit import Emitted, lower_plan, simplify
 from adans_toolchain.lowering.storage import storage
 from adans_toolchain.errors import ConfigError, DataError, InputError
 from adans_toolchain.evaluation.base import Evaluator, make_evaluator
-from adans_toolchain.evaluation.cache import CachedAccuracy, EvaluationCache
+from adans_toolchain.evaluation.cache import BudgetedAccuracy, CachedAccuracy, EvaluationCache
 from adans_toolchain.evaluation.rejection import EarlyRejection
 from adans_toolchain.evaluation.substitution import original_weights
 from adans_toolchain.evaluation.executors import EvaluatorSpec, make_executor
@@ -353,7 +352,7 @@ def _search(run: _Run):
     """
     # Every evaluation goes through the cache; its counters feed the progress bar and the report.
     accuracies = CachedAccuracy(run.cache, run.space, run.executor, run.progress)
-    budget = _EvaluationBudget(accuracies, run.cfg.max_evaluations)
+    budget = BudgetedAccuracy(accuracies, run.cfg.max_evaluations)
     run.progress.step(_budget_line(run))
     rule, rule_facts = _one_rate_rule(run, budget)
     boundary = _characterise_boundary(run, budget)
@@ -364,52 +363,7 @@ def _search(run: _Run):
     return boundary, result, stats, rule_facts
 
 
-class _EvaluationBudget:
-    """The cached accuracy under --max-evaluations.
-
-    The cap counts paid evaluations, the lines of OUT's cache, earlier
-    sessions included: a resume with the same cap pays for nothing, one with
-    a larger cap goes on from where the last stopped. A point the cap cannot
-    pay for is answered NaN (not evaluated), which ends a bisection; the
-    search asks `affordable` first and cuts its batch to fit.
-    """
-
-    def __init__(self, accuracies: CachedAccuracy, cap: int | None) -> None:
-        self.accuracies, self.cap = accuracies, cap
-
-    def remaining(self) -> int:
-        if self.cap is None:
-            return sys.maxsize
-        return max(self.cap - len(self.accuracies.cache.values), 0)
-
-    def _answered(self, xs: np.ndarray) -> np.ndarray:
-        """Which rows get an accuracy: cached, or new within the cap (first come, a repeated point paid once)."""
-        cache, space = self.accuracies.cache, self.accuracies.space
-        left, new, answered = self.remaining(), set(), []
-        for x in xs:
-            key = cache.key(space.states(x))
-            if cache.get(key) is None and key not in new and len(new) < left:
-                new.add(key)
-            answered.append(key in new or cache.get(key) is not None)
-        return np.array(answered, dtype=bool)
-
-    def affordable(self, xs: np.ndarray) -> int:
-        """How many leading rows of xs can be evaluated within the cap."""
-        answered = self._answered(np.atleast_2d(xs))
-        return len(answered) if answered.all() else int(np.argmin(answered))
-
-    def __call__(self, xs: np.ndarray, label: str | None = None) -> np.ndarray:
-        xs = np.atleast_2d(xs)
-        if self.cap is None:
-            return self.accuracies(xs, label)
-        answered = self._answered(xs)
-        acc = np.full(len(xs), np.nan)
-        if answered.any():
-            acc[answered] = self.accuracies(xs[answered], label)
-        return acc
-
-
-def _one_rate_rule(run: _Run, budget: _EvaluationBudget) -> tuple[OneRate, OneRateFacts]:
+def _one_rate_rule(run: _Run, budget: BudgetedAccuracy) -> tuple[OneRate, OneRateFacts]:
     """What the search must beat: one rate for every coordinate, bisected through the same cache (free on resume).
 
     Every coordinate of the space is a fraction compressed: of a group's units
@@ -466,7 +420,7 @@ def _one_rate_facts(run: _Run, rule: OneRate, variant: str = "all coordinates") 
     )
 
 
-def _characterise_boundary(run: _Run, accuracies: _EvaluationBudget) -> Boundary:
+def _characterise_boundary(run: _Run, accuracies: BudgetedAccuracy) -> Boundary:
     cfg, space, progress = run.cfg, run.space, run.progress
     t = time.perf_counter()
     progress.step(f"boundary characterisation: bisection on {space.dim} coordinates ({len(space.sites)} sites)")
@@ -524,7 +478,7 @@ class _Objective:
         )
 
 
-def _adans(run: _Run, boundary: Boundary, rule: OneRate, objective: _Objective, budget: _EvaluationBudget):
+def _adans(run: _Run, boundary: Boundary, rule: OneRate, objective: _Objective, budget: BudgetedAccuracy):
     """AdaNS in the boundary's box, its first batch led by the one-rate rule's point (so it never ends worse)."""
     cfg, space = run.cfg, run.space
     t = time.perf_counter()
