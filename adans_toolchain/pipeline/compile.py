@@ -364,7 +364,8 @@ def _search(run: _Run):
 
 
 def _one_rate_rule(run: _Run, budget: BudgetedAccuracy) -> tuple[OneRate, OneRateFacts]:
-    """What the search must beat: one rate for every coordinate, bisected through the same cache (free on resume).
+    """What the search must beat: one rate for every coordinate (or every coordinate but the shared channel
+    groups, whichever is cheaper), bisected through the same cache (free on resume).
 
     Every coordinate of the space is a fraction compressed: of a group's units
     (lowest priority first, as the search removes them), of a layer's weights
@@ -372,16 +373,17 @@ def _one_rate_rule(run: _Run, budget: BudgetedAccuracy) -> tuple[OneRate, OneRat
     fraction of the layer's cost saved. So one r means the same for all.
     """
     t = time.perf_counter()
-    candidates = []
+    rules = []
     for variant, mask in _one_rate_variants(run.space):
         run.progress.step(f"one-rate rule ({variant}): bisection on one rate ({ONE_RATE_ROUNDS} rounds)")
         rule = one_rate_rule(budget, run.space.dim, run.score.accuracy_threshold, rounds=ONE_RATE_ROUNDS, mask=mask)
-        candidates.append((variant, rule, _one_rate_facts(run, rule, variant)))
+        rules.append((variant, rule))
         if not rule.complete:
             break
-    # The rule is the cheaper of its variants (both meet the threshold; rate 0 is the baseline).
-    variant, rule, facts = min(candidates, key=lambda c: c[2].cost_ratio)
-    facts = dataclasses.replace(facts, evaluations=sum(c[1].evaluations for c in candidates))
+    # The rule is the cheaper of its variants (both meet the threshold; rate 0 is the baseline);
+    # only the one kept is scored on TEST.
+    variant, rule = min(rules, key=lambda vr: _plan_cost(run, _rule_plan(run, vr[1])))
+    facts = _one_rate_facts(run, rule, variant, evaluations=sum(r.evaluations for _, r in rules))
     run.ws.save_json("one_rate.json", {**rule.as_dict(), "variant": variant})
     run.timings["one_rate_s"] = time.perf_counter() - t
     test = "" if facts.top1_test is None else f", TEST {facts.top1_test:.2f}%"
@@ -404,19 +406,28 @@ def _one_rate_variants(run_space: CompressionSpace) -> list[tuple[str, tuple[boo
     return variants
 
 
-def _one_rate_facts(run: _Run, rule: OneRate, variant: str = "all coordinates") -> OneRateFacts:
+def _rule_plan(run: _Run, rule: OneRate) -> Plan:
+    return run.space.decode(rule.point(run.space.dim)) if rule.rate else run.identity
+
+
+def _plan_cost(run: _Run, plan: Plan) -> float:
+    """`plan`'s cost on the target by the search's cost model, as a fraction of the baseline's."""
+    workload = plan_workloads(run.inputs.analysis, [plan], batch=run.inputs.target.batch_size)
+    return float(run.cost_model.estimate(workload)[0]) / run.score.baseline_cost
+
+
+def _one_rate_facts(run: _Run, rule: OneRate, variant: str, *, evaluations: int) -> OneRateFacts:
     """The rule's plan priced and, on TEST, scored by substitution (one evaluation; it is never lowered)."""
     inputs, evaluator = run.inputs, run.evaluator
-    plan = run.space.decode(rule.point(run.space.dim)) if rule.rate else run.identity
+    plan = _rule_plan(run, rule)
     macs = [workload_macs(w) for w in plan_workloads(inputs.analysis, [run.identity, plan])]
-    cost = float(run.cost_model.estimate(plan_workloads(inputs.analysis, [plan], batch=inputs.target.batch_size))[0])
     # Rate 0 is the baseline: its TEST accuracy is the baseline model's, reported under Result.
     test = evaluator.accuracy_on(plan, inputs.test) if inputs.test is not None and rule.rate else None
     return OneRateFacts(
-        rate=rule.rate, macs_ratio=macs[1] / macs[0], cost_ratio=cost / run.score.baseline_cost,
+        rate=rule.rate, macs_ratio=macs[1] / macs[0], cost_ratio=_plan_cost(run, plan),
         top1_val=run.score.baseline_accuracy if rule.accuracy is None else rule.accuracy,
         top1_test=None if test is None else float(test), bn_recalibrated=evaluator.recalibrates(plan),
-        evaluations=rule.evaluations, complete=rule.complete, variant=variant,
+        evaluations=evaluations, complete=rule.complete, variant=variant,
     )
 
 
