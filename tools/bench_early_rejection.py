@@ -73,6 +73,14 @@ def _diagonal_scale(evaluator, space: CompressionSpace, threshold: float, rounds
     return lo
 
 
+def boundary_candidates(evaluator, space: CompressionSpace, threshold: float, n: int, seed: int) -> tuple[float, list[Plan]]:
+    """The diagonal boundary scale and `n` plans around it (see the module docstring), seeded."""
+    scale = _diagonal_scale(evaluator, space, threshold)
+    rng = np.random.default_rng(seed)
+    xs = np.clip(scale * rng.uniform(0.5, 1.5, (n, 1)) * rng.uniform(0, 2, (n, space.dim)), 0, 1)
+    return scale, space.decode_batch(xs)
+
+
 def _timed(evaluator, plans, rule: EarlyRejection | None) -> tuple[np.ndarray, float]:
     evaluator.early_rejection = rule
     start = time.perf_counter()
@@ -96,11 +104,8 @@ def main(argv=None) -> None:
     t = time.perf_counter()
     baseline = float(evaluator.accuracy([Plan(())])[0])
     threshold = baseline - args.max_drop
-    scale = _diagonal_scale(evaluator, space, threshold)
+    scale, plans = boundary_candidates(evaluator, space, threshold, args.candidates, args.seed)
     setup_s = time.perf_counter() - t
-    rng = np.random.default_rng(args.seed)
-    xs = np.clip(scale * rng.uniform(0.5, 1.5, (args.candidates, 1)) * rng.uniform(0, 2, (args.candidates, space.dim)), 0, 1)
-    plans = space.decode_batch(xs)
 
     full, full_s = _timed(evaluator, plans, None)
     feasible = full[:, ACCURACY] >= threshold

@@ -112,7 +112,7 @@ class Evaluator(abc.ABC):
         total = len(self.y)
         result = np.zeros((len(plans), len(SCREEN_COLUMNS)))
         for i, plan in enumerate(plans):
-            with self.substituted(plan):
+            with self.candidate(plan):
                 correct, seen = self._screened_pass(total)
             result[i] = (100.0 * correct / seen, seen, float(seen < total))
             self.evaluations += 1
@@ -158,6 +158,10 @@ class Evaluator(abc.ABC):
         with self.substituted(plan, recalibrate=recalibrate):
             return 100.0 * self._correct(x, y) / len(y)
 
+    def candidate(self, plan: Plan) -> AbstractContextManager[None]:
+        """The context `screen` evaluates `plan` in: `substituted` unless an evaluator has a cheaper exact form."""
+        return self.substituted(plan)
+
     # -- hooks ----------------------------------------------------------------
     @abc.abstractmethod
     def substituted(self, plan: Plan, *, recalibrate: bool | None = None) -> AbstractContextManager[None]:
@@ -193,10 +197,13 @@ def make_evaluator(
     batch_size: int = 250,
     calibration: ImageSet | None = None,
     precision: str = "fp32",
+    slicing: bool = False,
 ) -> Evaluator:
     """The evaluator for `module`: ONNX Runtime for an ONNX model, PyTorch otherwise.
 
-    `precision` applies to PyTorch only; ONNX models are evaluated as given (fp32).
+    `precision` and `slicing` (search candidates physically smaller, see
+    evaluation.slicing) apply to PyTorch only; ONNX models are evaluated as
+    given (fp32, full size).
     """
     import onnx
 
@@ -209,4 +216,4 @@ def make_evaluator(
         return OnnxEvaluator(module, data, transform, **common)
     from adans_toolchain.evaluation.substitution import SubstitutionEvaluator
 
-    return SubstitutionEvaluator(module, data, transform, precision=precision, **common)
+    return SubstitutionEvaluator(module, data, transform, precision=precision, slicing=slicing, **common)

@@ -7,7 +7,7 @@ restored. Validation data is moved to the device once.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from adans_toolchain.analysis.channels import CONSUMER, ChannelAnalysis, ChannelGroup
 from adans_toolchain.evaluation.base import Evaluator
+from adans_toolchain.evaluation.slicing import ChannelSlicer
 from adans_toolchain.frontend.data import ImageSet
 from adans_toolchain.plan import Plan
 from adans_toolchain.transforms.channel_pruning import unit_l1_norms
@@ -44,6 +45,7 @@ class SubstitutionEvaluator(Evaluator):
         batch_size: int = 250,
         calibration: ImageSet | None = None,
         precision: str = "fp32",
+        slicing: bool = False,
     ) -> None:
         if precision not in ("fp32", "bf16", "auto"):
             raise ValueError(f"precision must be fp32, bf16 or auto, not {precision!r}")
@@ -60,19 +62,32 @@ class SubstitutionEvaluator(Evaluator):
         self.tensors: dict[str, torch.Tensor] = dict(self.module.state_dict(keep_vars=True))
         if self.calibration is not None and not self.batchnorms:
             self.notes.append("BatchNorm re-estimation requested, but the model has no BatchNorm layers")
+        self.channels_last = False
         if precision == "bf16":
             self._use_bf16()
         elif precision == "auto" and self.device.type == "cuda":
             self.choose_precision()
+        elif precision == "auto":
+            # fp32 in channels-last: oneDNN's CPU convolutions ran 1.4x (ResNet-56) to 1.6x (MobileNetV2)
+            # faster than in NCHW on the 2-core development machine (BENCHMARKS.md).
+            self._use_channels_last()
+            self.notes.append("evaluating candidates in fp32, channels-last")
+        self.slicer: ChannelSlicer | None = self._make_slicer() if slicing else None
 
     # -- precision -----------------------------------------------------------
     def _use_bf16(self) -> None:
         # channels-last is what cuDNN's fastest bf16 convolutions expect.
+        self._use_channels_last()
+        self.precision = "bf16"
+
+    def _use_channels_last(self) -> None:
+        if self.x.dim() != 4:
+            return
         self.module.to(memory_format=torch.channels_last)
         self.x = self.x.contiguous(memory_format=torch.channels_last)
         if self.calibration is not None:
             self.calibration = self.calibration.contiguous(memory_format=torch.channels_last)
-        self.precision = "bf16"
+        self.channels_last = True
 
     def choose_precision(self, tolerance_points: float = 0.1) -> str:
         """Use bf16 + channels-last only if the baseline's top-1 stays within `tolerance_points` of fp32."""
@@ -96,6 +111,55 @@ class SubstitutionEvaluator(Evaluator):
         from contextlib import nullcontext
 
         return nullcontext()
+
+    # -- physically smaller candidates (evaluation.slicing) ------------------------
+    def _make_slicer(self) -> ChannelSlicer | None:
+        if isinstance(self.module, torch.jit.ScriptModule):
+            self.notes.append("candidates evaluated at full size: a TorchScript module's tensors cannot be swapped")
+            return None
+        slicer = ChannelSlicer(self.module, self.transform.analysis)
+        slicer.verify(self._substituted_logits, self._full_values, self.x)
+        total = len(slicer.sliced_groups) + len(slicer.zeroed_groups)
+        if total:
+            self.notes.append(
+                f"candidates evaluated physically smaller: {len(slicer.sliced_groups)} of {total} prunable channel groups "
+                "sliced out of the module (checked against substitution); the rest zeroed"
+            )
+        return slicer if slicer.sliced_groups else None
+
+    def _substituted_logits(self, plan: Plan, x: torch.Tensor) -> torch.Tensor:
+        with self.substituted(plan, recalibrate=False):
+            return self.module(x)
+
+    def _full_values(self, plan: Plan) -> dict[str, torch.Tensor]:
+        """What `substituted` writes for `plan`, as new full-size tensors (the originals untouched)."""
+        values = {name: torch.from_numpy(v).to(self.device) for name, v in self.transform.new_values(plan).items()}
+        for zs in self.transform.zero_slices(plan):
+            tensor = values.get(zs.param)
+            if tensor is None:
+                tensor = values[zs.param] = self.tensors[zs.param].detach().clone()
+            tensor.index_fill_(zs.axis, torch.as_tensor(zs.indices, device=tensor.device), 0.0)
+        return values
+
+    def candidate(self, plan: Plan) -> AbstractContextManager[None]:
+        """The search's view of `plan`: physically smaller where it prunes a sliceable group."""
+        if self.slicer is None or not self.slicer.slices(plan):
+            return self.substituted(plan)
+        return self._sliced(plan)
+
+    @contextmanager
+    def _sliced(self, plan: Plan) -> Iterator[None]:
+        values = self._full_values(plan)
+        recalibrate = self.recalibrates(plan)
+        if recalibrate:
+            # Fresh statistics buffers, sliced with the rest: re-estimation writes only to these.
+            for name, bn in self.batchnorms.items():
+                for stat in ("running_mean", "running_var", "num_batches_tracked"):
+                    values.setdefault(f"{name}.{stat}", getattr(bn, stat).detach().clone())
+        with self.slicer.sliced(plan, values):
+            if recalibrate:
+                self._reestimate_batchnorm()
+            yield
 
     @contextmanager
     def substituted(self, plan: Plan, *, recalibrate: bool | None = None) -> Iterator[None]:
@@ -177,7 +241,7 @@ class SubstitutionEvaluator(Evaluator):
 
     def _take(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.index_select(0, index)
-        if self.precision == "bf16":  # keep the layout cuDNN's bf16 kernels expect
+        if self.channels_last:  # keep the layout the fast kernels expect
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.index_select(0, index)
 

@@ -19,30 +19,8 @@ from adans_toolchain.analysis.channels import ChannelAnalysis
 from adans_toolchain.analysis.graph import Graph, attributes
 from adans_toolchain.errors import LoweringError
 from adans_toolchain.plan import Plan
+from adans_toolchain.transforms.channel_pruning import kept_channels
 from adans_toolchain.lowering.base import TYPE_CHECKS, Condition, LoweringPass, PassResult
-
-
-def kept_channels(analysis: ChannelAnalysis, plan: Plan) -> dict[str, np.ndarray]:
-    """For every activation tensor the plan touches, the channel indices that stay."""
-    groups = {g.id: g for g in analysis.groups}
-    removed: dict[str, list[np.ndarray]] = defaultdict(list)
-    for p in plan.pruning:
-        if not p.removed:
-            continue
-        group = groups.get(p.group)
-        if group is None:
-            raise LoweringError(f"the plan names group '{p.group}', which this model does not have")
-        if group.size != p.size:
-            raise LoweringError(f"group '{p.group}' has {group.size} units, the plan says {p.size}")
-        if not group.prunable:
-            raise LoweringError(f"group '{p.group}' is frozen ({group.frozen_reason}) but the plan prunes it")
-        for tensor in group.tensors:
-            removed[tensor].append(group.channels_in(tensor, p.removed))
-    kept = {}
-    for tensor, parts in removed.items():
-        drop = np.unique(np.concatenate(parts))
-        kept[tensor] = np.setdiff1d(np.arange(analysis.channel_tensors[tensor]), drop)
-    return kept
 
 
 class PruneChannelsPass(LoweringPass):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Collection
 
 import numpy as np
 
@@ -71,3 +72,26 @@ def unit_l1_norms(analysis: ChannelAnalysis, group: ChannelGroup, params: dict[s
             if b.tensor in unit:
                 scores[u] += row_norm[unit[b.tensor]].sum()
     return scores
+
+
+def kept_channels(analysis: ChannelAnalysis, plan: Plan, only: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """For every activation tensor the plan touches, the channel indices that stay (of groups in `only`, if given)."""
+    groups = {g.id: g for g in analysis.groups}
+    removed: dict[str, list[np.ndarray]] = defaultdict(list)
+    for p in plan.pruning:
+        if not p.removed or (only is not None and p.group not in only):
+            continue
+        group = groups.get(p.group)
+        if group is None:
+            raise ValueError(f"the plan names group '{p.group}', which this model does not have")
+        if group.size != p.size:
+            raise ValueError(f"group '{p.group}' has {group.size} units, the plan says {p.size}")
+        if not group.prunable:
+            raise ValueError(f"group '{p.group}' is frozen ({group.frozen_reason}) but the plan prunes it")
+        for tensor in group.tensors:
+            removed[tensor].append(group.channels_in(tensor, p.removed))
+    kept = {}
+    for tensor, parts in removed.items():
+        drop = np.unique(np.concatenate(parts))
+        kept[tensor] = np.setdiff1d(np.arange(analysis.channel_tensors[tensor]), drop)
+    return kept

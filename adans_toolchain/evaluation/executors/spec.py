@@ -25,6 +25,7 @@ class EvaluatorSpec:
     weights: dict
     batch_size: int
     precision: str = "fp32"
+    slicing: bool = False
     device: str = "cpu"
     threads: int = 1
     early_rejection: object = None  # evaluation.rejection.EarlyRejection: workers apply the same rule
@@ -56,7 +57,7 @@ class EvaluatorSpec:
         transform = PlanTransform(self.analysis, self.weights)
         evaluator = SubstitutionEvaluator(
             module, self.val, transform, device=self.device, batch_size=self.batch_size,
-            calibration=self.calibration, precision=self.precision,
+            calibration=self.calibration, precision=self.precision, slicing=self.slicing,
         )
         evaluator.early_rejection = self.early_rejection
         return evaluator
