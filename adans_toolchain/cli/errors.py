@@ -3,7 +3,10 @@
 Every failure is one line on stderr, `PROG: error: ...`, saying what is wrong
 and what to do, and a non-zero exit code; the traceback only with --debug
 (which re-raises). A user error (AdansError) exits with its own code (2,
-or 3 for lowering/validation); a file the system refuses (OSError: a
+or 3 for lowering/validation and for a model that failed unexpectedly while
+being loaded, exported or analysed: the pipeline wraps those stages with
+errors.failures_named, so the line names the stage, the model and the
+original exception); a file the system refuses (OSError: a
 permission, a full disk, a missing folder) and an operator a cost model
 cannot price exit 2; anything else is a bug, said so in one line, exit 3.
 Ctrl-C says how to continue (130). Python warnings are one line each,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -72,14 +73,28 @@ def build_architecture(arch: str) -> nn.Module:
             raise ModelLoadError(
                 f"cannot import '{arch}' ({e}); give --arch as package.module:callable importable from here"
             ) from e
-        model = factory()
+        try:
+            model = factory()
+        except Exception as e:  # noqa: BLE001 - the user's code may raise anything
+            raise ModelLoadError(
+                f"--arch {arch} raised {type(e).__name__} when called: {_first_line(e)}; "
+                "fix the callable (rerun with --debug for the traceback)"
+            ) from e
         if not isinstance(model, nn.Module):
             raise ModelLoadError(f"'{arch}' returned {type(model).__name__}, not a torch.nn.Module")
         return model
+    if _is_torchvision_model(arch):
+        raise ModelLoadError(f"unknown architecture '{arch}'; for torchvision's model of that name say --arch torchvision:{arch}")
     raise ModelLoadError(
         f"unknown architecture '{arch}'; use one of {', '.join(builtin_arch_names())}, "
         "torchvision:NAME, or package.module:callable"
     )
+
+
+def _is_torchvision_model(name: str) -> bool:
+    import torchvision
+
+    return name in torchvision.models.list_models()
 
 
 @dataclass(frozen=True)
@@ -126,6 +141,36 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+# torch.save(model.state_dict()) keeps each submodule's state_dict format
+# version in `_metadata` on the OrderedDict (keyed by module path, "" for the
+# root), and some modules refuse weights without it (torchvision's MNASNet:
+# "version should be set to 1 or 2"). Every dict built here from a checkpoint
+# carries it along.
+def _metadata(state: object) -> dict | None:
+    return getattr(state, "_metadata", None)
+
+
+def _with_metadata(tensors: dict[str, torch.Tensor], metadata: dict | None) -> dict[str, torch.Tensor]:
+    out = OrderedDict(tensors)
+    if metadata is not None:
+        out._metadata = OrderedDict(metadata)  # type: ignore[attr-defined] - how PyTorch stores it
+    return out
+
+
+def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Keys and metadata without `prefix.`: the wrapped module becomes the root, the wrapper's own entry goes."""
+    tensors = {k.removeprefix(prefix + "."): v for k, v in state.items()}
+    metadata = _metadata(state)
+    if metadata is None:
+        return _with_metadata(tensors, None)
+    inner = {
+        "" if name == prefix else name.removeprefix(prefix + "."): value
+        for name, value in metadata.items()
+        if name == prefix or name.startswith(prefix + ".")
+    }
+    return _with_metadata(tensors, inner)
+
+
 def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model", "net"):
@@ -133,11 +178,11 @@ def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
             if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
                 obj = inner
                 break
-        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        tensors = _with_metadata({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, _metadata(obj))
         if tensors:
             # DataParallel checkpoints prefix every key with "module.".
             if all(k.startswith("module.") for k in tensors):
-                tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+                tensors = _strip_prefix(tensors, "module")
             return tensors
     raise ModelLoadError(f"{path} holds no state_dict (a dict of tensors, or a checkpoint with 'state_dict')")
 
@@ -203,6 +248,12 @@ def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = F
         missing, unexpected = _key_mismatch(module, state)
         detail = "; ".join(filter(None, [missing, unexpected])) or _first_line(e)
         raise ModelLoadError(f"the weights in {path.name} do not fit --arch {arch}: {detail}") from e
+    except Exception as e:  # noqa: BLE001 - a module's own _load_from_state_dict may raise anything
+        raise ModelLoadError(
+            f"the weights in {path.name} do not load into --arch {arch} ({type(e).__name__}: {_first_line(e)}); "
+            "if the checkpoint was rebuilt as a plain dict, save model.state_dict() itself, which keeps each "
+            "layer's format version (rerun with --debug for the traceback)"
+        ) from e
     return LoadedModel(module.eval(), "state_dict", f"{arch} with weights from {path.name}", input_size=builtin_input_size(arch))
 
 
@@ -212,7 +263,7 @@ def _drop_unused_aux_heads(arch: str, module: nn.Module, state: dict[str, torch.
     if not prefixes:
         return state
     expected = module.state_dict()
-    return {k: v for k, v in state.items() if k in expected or not k.startswith(prefixes)}
+    return _with_metadata({k: v for k, v in state.items() if k in expected or not k.startswith(prefixes)}, _metadata(state))
 
 
 def _key_mismatch(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[str, str]:
