@@ -1,6 +1,7 @@
 """Benchmark of the AdaNS samplers against random search, Optuna TPE and CMA-ES (issue 3).
 
     python tools/bench_samplers.py --part 1|2|3|all [--seeds N] [--out runs/bench_samplers] [--write-md]
+        [--methods adans-adans,adans-gaussian,...] [--problems corner-20d,...] [--md-out FILE]
 
 Parts (details in BENCHMARKS.md, section "Samplers (issue 3)"):
   1  a 2-D multi-modal function with one narrow global peak and broad decoys:
@@ -15,7 +16,9 @@ Every (part, problem, method, seed) cell is appended to OUT/part<k>.jsonl as
 soon as it finishes; a rerun skips the cells already there, so a killed run
 loses at most the cell in progress (part 3 also keeps an on-disk cache of
 plan accuracies, so even that cell is mostly free to redo). --write-md alone
-renders whatever has been collected into BENCHMARKS.md.
+renders whatever has been collected into BENCHMARKS.md (--md-out FILE: into
+FILE instead). --methods and --problems restrict a run to some cells, e.g.
+to add a new sampler to results collected before it existed.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench_samplers_*
 
 import bench_samplers_problems as problems  # noqa: E402
 import bench_samplers_report as report  # noqa: E402
-from bench_samplers_methods import METHODS, Budget, Trace, run_method  # noqa: E402
+from bench_samplers_methods import METHODS, Budget, Trace, parse_method, run_method  # noqa: E402
+
+from adans_toolchain.search.samplers import ScoreParts, make_sampler  # noqa: E402
 
 OPTUNA = ("tpe", "cmaes")
 
@@ -69,6 +74,7 @@ class Task:
     f_star: float | None = None  # None: unknown (the real objective)
     init: Callable[[int], np.ndarray | None] = lambda seed: None
     key: Callable[[np.ndarray], str] | None = None  # what makes two proposals the same design
+    parts: ScoreParts | None = None  # how the score splits into accuracy and exact cost, where it does
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ class Part:
 
 
 def _synthetic_task(problem: problems.Problem) -> Task:
-    return Task(problem.name, problem.fn, problem.lower, problem.upper, problem.f_star)
+    return Task(problem.name, problem.fn, problem.lower, problem.upper, problem.f_star, parts=problem.parts)
 
 
 def part1_tasks(args: argparse.Namespace) -> list[Task]:
@@ -123,6 +129,7 @@ def part3_tasks(args: argparse.Namespace) -> list[Task]:
             objective.upper,
             init=lambda seed: objective.initial_batch(batch, seed),
             key=objective.key,
+            parts=objective.parts,
         )
     ]
 
@@ -220,21 +227,30 @@ def run_part(part: Part, args: argparse.Namespace) -> None:
     groups = [METHODS] + ([ABLATIONS] if args.ablations and part.number == 3 else [])
     if part.optuna_last:
         groups = [tuple(m for m in METHODS if m not in OPTUNA), OPTUNA]
+    if args.methods:
+        groups = [tuple(m for m in methods if m in args.methods) for methods in groups]
+        groups.append(tuple(m for m in args.methods if not any(m in methods for methods in groups)))
     pending = [
         (name, method, seed)
         for methods in groups
         for seed in seeds
         for name in part.problem_names(args)
         for method in methods
-        if not store.done(name, method, seed, part.budget)
+        if (not args.problems or name in args.problems) and not store.done(name, method, seed, part.budget)
     ]
+    unknown = sorted(set(args.problems or ()) - set(part.problem_names(args)))
+    if unknown:
+        log(f"part {part.number} has no problem {', '.join(unknown)}; its problems: {', '.join(part.problem_names(args))}")
     log(f"part {part.number} ({part.title}): {len(pending)} cells to run, budget {part.budget.total} evaluations each")
     if pending:
         tasks = {t.name: t for t in part.tasks(args)}  # built only when needed (part 3 loads a model)
         started = time.time()
         for i, (name, method, seed) in enumerate(pending):
             task = tasks[name]
-            trace = run_method(method, task.fn, task.lower, task.upper, part.budget, seed, init=task.init(seed), key=task.key)
+            trace = run_method(
+                method, task.fn, task.lower, task.upper, part.budget, seed, init=task.init(seed), key=task.key,
+                parts=task.parts,
+            )
             store.append(make_record(part, task, method, seed, trace))
             log(
                 f"  [{i + 1}/{len(pending)}] {name} {method} seed {seed}: best {max(trace.f):.4g} "
@@ -260,6 +276,7 @@ def write_2d_figure(part: Part) -> None:
 def record_meta(part: Part, args: argparse.Namespace) -> None:
     """What --write-md needs besides the records: the command, when, and part 3's setting."""
     path = Path(args.out) / "meta.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     meta = json.loads(path.read_text()) if path.is_file() else {}
     entry = {
         "command": "OPENBLAS_NUM_THREADS=1 python tools/bench_samplers.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
@@ -304,7 +321,8 @@ def render(args: argparse.Namespace) -> str:
     records = {}
     for k, part in PARTS.items():
         mine = [r for r in load_records(out / f"part{k}.jsonl") if r["problem"] in part.problem_names(args)]
-        records[k] = mine if part.optuna_last else report.complete_seeds(mine, METHODS)
+        # With --methods, a seed counts once those methods have finished it.
+        records[k] = mine if part.optuna_last else report.complete_seeds(mine, args.methods or METHODS)
     any_meta = next(iter(meta.values()), {})
     m = any_meta.get("machine", machine())
     lines = [
@@ -474,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, help="seeds per cell (default: part 1: 20, part 2: 10, part 3: 5)")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_samplers"), help="results folder")
     parser.add_argument("--write-md", action="store_true", help="render the collected results into BENCHMARKS.md")
+    parser.add_argument("--md-out", help="with --write-md: write the section to this file instead of BENCHMARKS.md")
+    parser.add_argument("--methods", type=_names, help=f"comma separated subset of {', '.join(METHODS)} (or variants)")
+    parser.add_argument("--problems", type=_names, help="comma separated subset of the part's problems")
     parser.add_argument("--ablations", action="store_true", help=f"part 3: also run {', '.join(ABLATIONS)}")
     parser.add_argument("--val-size", type=int, default=250, help="part 3: validation images (first N of cifar10_val_1000.npz)")
     parser.add_argument(
@@ -486,9 +507,23 @@ def main(argv: list[str] | None = None) -> int:
         for number in PARTS if args.part == "all" else [int(args.part)]:
             run_part(PARTS[number], args)
     if args.write_md:
-        report.replace_section(ROOT / "BENCHMARKS.md", render(args))
-        log(f"wrote section {report.SECTION_TITLE!r} of {ROOT / 'BENCHMARKS.md'}")
+        if args.md_out:
+            Path(args.md_out).write_text(render(args) + "\n")
+            log(f"wrote section {report.SECTION_TITLE!r} to {args.md_out}")
+        else:
+            report.replace_section(ROOT / "BENCHMARKS.md", render(args))
+            log(f"wrote section {report.SECTION_TITLE!r} of {ROOT / 'BENCHMARKS.md'}")
     return 0
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n for n in text.split(",") if n)
+    for name in names:
+        base, options = parse_method(name)  # an unknown option fails here, before anything runs
+        if base.startswith("adans-"):
+            sampler_options = {k: v for k, v in options.items() if k not in ("alpha_max", "batch")}
+            make_sampler(base.removeprefix("adans-"), **sampler_options)
+    return names
 
 
 if __name__ == "__main__":

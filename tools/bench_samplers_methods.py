@@ -10,9 +10,12 @@ equal budgets are enforced in one place whatever the method does internally
 Methods:
   adans-<sampler>  `maximize` with that sampler: b samples per iteration, T
                    iterations (iteration 0 = `init` if given, else uniform).
-                   Variants for ablations append "+option=value": alpha_max
-                   (the loop's cap on α_t) and batch (a different b at the
-                   same total number of evaluations).
+                   Where the problem says how its score splits into accuracy
+                   and cost (`parts`), the loop passes that on (only `adans`
+                   uses it). Variants for ablations append "+option=value":
+                   alpha_max (the loop's cap on α_t), batch (a different b
+                   at the same total number of evaluations), or any option
+                   of the sampler (e.g. adans-adans+pool_factor=5).
   random           b uniform samples per batch, T batches; never gets `init`
                    (plain random search as a user would run it).
   tpe              Optuna TPESampler(multivariate=True), sequential ask/tell.
@@ -34,8 +37,9 @@ from typing import Any, Callable
 import numpy as np
 
 from adans_toolchain.search import maximize
+from adans_toolchain.search.samplers import ScoreParts, make_sampler
 
-ADANS_SAMPLERS = ("gaussian", "genetic", "zoom", "uniform")
+ADANS_SAMPLERS = ("gaussian", "genetic", "zoom", "uniform", "adans")
 METHODS = tuple(f"adans-{s}" for s in ADANS_SAMPLERS) + ("random", "tpe", "cmaes")
 # Methods that receive the shared initial batch when a problem has one.
 USES_INIT = frozenset(METHODS) - {"random"}
@@ -97,6 +101,7 @@ def run_method(
     *,
     init: np.ndarray | None = None,
     key: Callable[[np.ndarray], str] | None = None,
+    parts: ScoreParts | None = None,
 ) -> Trace:
     base, options = parse_method(name)
     if base not in METHODS:
@@ -106,7 +111,7 @@ def run_method(
     init = None if init is None or base not in USES_INIT else np.clip(init, lower, upper)
     start = time.perf_counter()
     if base.startswith("adans-"):
-        _run_adans(base.removeprefix("adans-"), recorder, lower, upper, budget, seed, init, **options)
+        _run_adans(base.removeprefix("adans-"), recorder, lower, upper, budget, seed, init, parts, **options)
     elif options:
         raise ValueError(f"{base} takes no options, got {options}")
     elif base == "random":
@@ -120,18 +125,39 @@ def run_method(
 
 
 def parse_method(name: str) -> tuple[str, dict[str, float]]:
-    """'adans-gaussian+alpha_max=0.99+batch=10' -> ('adans-gaussian', {'alpha_max': 0.99, 'batch': 10})."""
+    """'adans-gaussian+alpha_max=0.99+batch=10' -> ('adans-gaussian', {'alpha_max': 0.99, 'batch': 10}).
+
+    Keys other than alpha_max and batch are the sampler's options, checked
+    when the sampler is built; values are read as JSON-like literals.
+    """
     base, *pairs = name.split("+")
     options = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
-        if key not in ("alpha_max", "batch"):
+        if key == "alpha_max":
+            options[key] = float(value)
+        elif key == "batch":
+            options[key] = int(value)
+        elif base.startswith("adans-") and key:
+            options[key] = _literal(value)
+        else:
             raise ValueError(f"unknown option {key!r} in method {name!r}")
-        options[key] = int(value) if key == "batch" else float(value)
     return base, options
 
 
-def _run_adans(sampler, recorder, lower, upper, budget, seed, init, *, alpha_max=0.95, batch=None) -> None:
+def _literal(text: str):
+    """'5' -> 5, '0.5' -> 0.5, 'true'/'false' -> bool; anything else stays a string."""
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _run_adans(sampler, recorder, lower, upper, budget, seed, init, parts, *, alpha_max=0.95, batch=None, **options) -> None:
     batch = batch or budget.batch
     # Same total as every other method: the initial batch (of its own size)
     # plus as many batches of b as fill the rest of the budget.
@@ -142,7 +168,7 @@ def _run_adans(sampler, recorder, lower, upper, budget, seed, init, *, alpha_max
     result = maximize(
         recorder,
         lower.size,
-        sampler=sampler,
+        sampler=make_sampler(sampler, **options),
         samples=batch,
         iterations=iterations,
         seed=seed,
@@ -150,6 +176,7 @@ def _run_adans(sampler, recorder, lower, upper, budget, seed, init, *, alpha_max
         upper=upper,
         init=init,
         alpha_max=alpha_max,
+        score_parts=parts,
     )
     recorder.trace.iterations = [
         {k: getattr(s, k) for k in ("iteration", "alpha", "n_good", "mean_good_f", "best_f", "e_avg")}

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 from scipy.optimize import minimize
 
+from adans_toolchain.search.samplers import ScoreParts
 from adans_toolchain.search.scoring import AdaNSScore
 
 
@@ -25,6 +26,7 @@ class Problem:
     f_star: float  # the global maximum of fn over the box
     lower: np.ndarray
     upper: np.ndarray
+    parts: ScoreParts | None = None  # how the score splits into accuracy and cost, where it does
 
 
 def _unit_box(dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,10 +135,23 @@ class SyntheticPruning:
         return AdaNSScore(100.0, 1.0, 100.0 - self.allowed_drop, self.allowed_drop)
 
     def __call__(self, xs: np.ndarray) -> np.ndarray:
-        xs = np.atleast_2d(xs)
-        accuracy = 100.0 - (xs**2) @ self.sensitivity
-        cost = 1.0 - xs @ self.shares
-        return self.score(accuracy, cost)
+        return self.score(self.accuracy(xs), self.cost(xs))
+
+    def accuracy(self, xs: np.ndarray) -> np.ndarray:
+        return 100.0 - (np.atleast_2d(xs) ** 2) @ self.sensitivity
+
+    def cost(self, xs: np.ndarray) -> np.ndarray:
+        return 1.0 - np.atleast_2d(xs) @ self.shares
+
+    def evaluate(self, xs: np.ndarray):
+        """Scores and, like the compiler's objective, each sample's accuracy in its info."""
+        accuracy = self.accuracy(xs)
+        return self.score(accuracy, self.cost(xs)), [{"accuracy": float(a)} for a in accuracy]
+
+    @property
+    def parts(self) -> ScoreParts:
+        """What the compiler tells a sampler: the exact cost and the score (accuracy stays a black box)."""
+        return ScoreParts(cost=self.cost, score=self.score)
 
     def optimum(self) -> np.ndarray:
         def x_of(lam: float) -> np.ndarray:
@@ -167,7 +182,7 @@ def corner_pruning(dim: int, seed: int = 0) -> Problem:
     objective = SyntheticPruning(shares / shares.sum(), 30.0 * sensitivity / sensitivity.sum())
     f_star = float(objective(objective.optimum()[None, :])[0])
     lower, upper = _unit_box(dim)
-    return Problem(f"corner-{dim}d", dim, objective, f_star, lower, upper)
+    return Problem(f"corner-{dim}d", dim, objective.evaluate, f_star, lower, upper, objective.parts)
 
 
 HIGH_DIM_FAMILIES: dict[str, Callable[[int], Problem]] = {"bump": shifted_bump, "corner": corner_pruning}

@@ -63,11 +63,9 @@ class PruningObjective:
         return np.array([self.cache.get(k)["accuracy"] for k in keys])
 
     def __call__(self, xs: np.ndarray):
-        from adans_toolchain.plan.workload import plan_workloads
-
         xs = np.atleast_2d(xs)
         acc = self.accuracies(xs)
-        costs = self.cost_model.estimate(plan_workloads(self.analysis, self.space.decode_batch(xs)))
+        costs = self.costs(xs)
         scores = self.score(acc, costs)
         feasible = self.score.feasible(acc)
         infos = [
@@ -75,6 +73,19 @@ class PruningObjective:
             for a, c, ok in zip(acc, costs, feasible)
         ]
         return scores, infos
+
+    def costs(self, xs: np.ndarray) -> np.ndarray:
+        """Exact cost of each point's plan (the cost model, as the pipeline prices candidates)."""
+        from adans_toolchain.plan.workload import plan_workloads
+
+        return self.cost_model.estimate(plan_workloads(self.analysis, self.space.decode_batch(np.atleast_2d(xs))))
+
+    @property
+    def parts(self):
+        """What the compiler tells a sampler: the exact cost and the score (accuracy stays a black box)."""
+        from adans_toolchain.search.samplers import ScoreParts
+
+        return ScoreParts(cost=self.costs, score=self.score, design_key=self.space.states)
 
     def characterise(self) -> None:
         """The pipeline's boundary characterisation (cached evaluations: free on reruns)."""

@@ -14,6 +14,26 @@ dimension, pruned by one ratio. Concatenated branches and the zero-padded
 channels of a CIFAR ResNet shortcut therefore form separate groups, as they
 should: their channels have different producers.
 
+Operators that move channels tie them where they land, and add the ties
+that keep the lowered graph valid:
+
+- Concat, Slice and Split along channels: each input (output) slice is tied
+  to its offset in the output (input); lowering rewrites the bounds.
+- Grouped convolution (1 < group < input channels): every conv group must
+  keep the same number of channels, so a unit is one channel in *each* group
+  at the same in-group position (G channels; Torch-Pruning does the same),
+  on the input side and on the output side. The weight's input axis is
+  indexed by the in-group position, a *virtual* tensor of the analysis that
+  the consumer binding names; `group` stays as it is.
+- Channel shuffle (Reshape [N, A*B, ...] -> [N, A, B, ...], swap A and B,
+  Reshape back): channel a*B + b lands on b*A + a; the A channels at one
+  in-group position b are tied, so the shuffle stays a shuffle of what is
+  kept.
+- A Transpose that moves the channel axis (ConvNeXt's Permute to
+  channels-last) carries it along: elementwise operators, LayerNormalization
+  over other axes and MatMul contracting it follow channels on any axis;
+  every other operator freezes channels that are not on axis 1.
+
 An element that reaches the model input or output, or an operator the
 analysis does not understand, freezes its unit, and the group is reported
 with that reason instead of being pruned.
@@ -21,13 +41,16 @@ with that reason instead of being pruned.
 Exactness does not depend on zero surviving the path: search-time
 evaluation zeroes the *consumer* weights that read a pruned unit, so the
 unit's values, whatever they are, cannot reach the output; the lowered graph
-removes the same columns together with everything upstream of them.
+removes the same columns together with everything upstream of them. An
+operator whose output channels depend on other channels of its input without
+weights (LayerNormalization over the channel axis, LRN) cannot be made exact
+that way and freezes.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -80,7 +103,9 @@ class ChannelAnalysis:
     graph: Graph
     groups: list[ChannelGroup]
     bindings: list[ParamBinding]
-    channel_tensors: dict[str, int]  # activation tensor -> channel count
+    channel_tensors: dict[str, int]  # activation tensor (or virtual in-group tensor) -> channel count
+    shuffles: tuple["ChannelShuffle", ...] = ()  # channel shuffles the analysis followed; lowering rewrites their shapes
+    channel_axes: dict[str, int] = field(default_factory=dict)  # activation tensor -> its channel axis, where not 1
 
     @property
     def prunable_groups(self) -> list[ChannelGroup]:
@@ -89,6 +114,27 @@ class ChannelAnalysis:
     @property
     def frozen_groups(self) -> list[ChannelGroup]:
         return [g for g in self.groups if not g.prunable]
+
+
+@dataclass(frozen=True)
+class ChannelShuffle:
+    """Reshape x [N, A*B, ...] to [N, A, B, ...], swap A and B, reshape back to z [N, A*B, ...].
+
+    Channel a*B + b of x lands on channel b*A + a of z. The two intermediate
+    tensors have no channel axis of their own; the analysis skips them.
+    """
+
+    source: str  # x
+    split: str  # output of the first Reshape, [N, A, B, ...]
+    swapped: str  # output of the Transpose, [N, B, A, ...]
+    target: str  # z
+    groups: int  # A
+    per_group: int  # B
+
+    def source_of_target(self) -> np.ndarray:
+        """For every channel of z, the channel of x it holds."""
+        return np.arange(self.groups * self.per_group).reshape(self.groups, self.per_group).T.ravel()
+
 
 # ---------------------------------------------------------------------------
 # Operator classes
@@ -111,24 +157,94 @@ SPATIAL_CHANNELWISE = frozenset(
 )
 # Read only the shape of their input, never its values.
 SHAPE_ONLY = frozenset({"Shape", "Size"})
+# Operators whose rules follow channels on any axis (after a Transpose moved them);
+# every other rule assumes axis 1.
+_ANY_CHANNEL_AXIS = ELEMENTWISE | {"Transpose", "MatMul", "LayerNormalization"}
+# Initializers the PyTorch exporter creates itself (a Linear weight folded into its transpose
+# for a MatMul on a 4-D input is one): no parameter of the PyTorch module carries that name.
+_EXPORTER_CONSTANT = "onnx::"
+
+
+def _normalise_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _is_batched(graph: Graph, name: str) -> bool:
+    shape = graph.shapes.get(name)
+    return shape is not None and len(shape) >= 2 and shape[0] == PROBE_BATCH
+
+
+def find_channel_shuffles(graph: Graph) -> list[ChannelShuffle]:
+    """Every Reshape -> Transpose -> Reshape chain that shuffles the channel axis (ShuffleNet's channel_shuffle)."""
+    shuffles = []
+    outputs = set(graph.output_names)
+    for node in graph.nodes:
+        if node.op_type != "Reshape" or not _is_batched(graph, node.input[0]):
+            continue
+        x, split = node.input[0], node.output[0]
+        xs, ss = graph.shapes[x], graph.shapes.get(split, ())
+        if len(ss) != len(xs) + 1 or ss[0] != xs[0] or tuple(ss[3:]) != tuple(xs[2:]) or ss[1] * ss[2] != xs[1]:
+            continue
+        if min(ss[1], ss[2]) < 2:
+            continue
+        transpose = _sole_reader(graph, split, "Transpose")
+        if transpose is None or split in outputs:
+            continue
+        perm = list(attributes(transpose).get("perm", ()))
+        if perm != [0, 2, 1, *range(3, len(ss))]:
+            continue
+        swapped = transpose.output[0]
+        back = _sole_reader(graph, swapped, "Reshape")
+        if back is None or swapped in outputs or tuple(graph.shapes.get(back.output[0], ())) != tuple(xs):
+            continue
+        shuffles.append(ChannelShuffle(x, split, swapped, back.output[0], int(ss[1]), int(ss[2])))
+    return shuffles
+
+
+def _sole_reader(graph: Graph, tensor: str, op_type: str) -> onnx.NodeProto | None:
+    readers = [n for n in graph.consumers.get(tensor, []) if n.op_type not in SHAPE_ONLY]
+    return readers[0] if len(readers) == 1 and readers[0].op_type == op_type else None
+
+
+def _channel_axes(graph: Graph, skipped: set[str]) -> dict[str, int]:
+    """The channel axis of every batched float activation: 1, unless a Transpose moved it.
+
+    Followed through the operators whose rules understand any channel axis;
+    everywhere else the channel axis is taken to be 1 (and those rules freeze
+    a tensor whose channels a Transpose moved).
+    """
+    axes = {name: 1 for name in graph.activations if _is_batched(graph, name) and name not in skipped}
+    for node in graph.nodes:
+        out = node.output[0] if node.output else ""
+        inputs = [i for i in node.input if i in axes]
+        if out not in axes or not inputs:
+            continue
+        rank = len(graph.shapes[out])
+        if node.op_type == "Transpose":
+            perm = list(attributes(node).get("perm", reversed(range(rank))))
+            if perm and perm[0] == 0 and axes[inputs[0]] in perm:
+                axes[out] = perm.index(axes[inputs[0]])
+        elif node.op_type in _ANY_CHANNEL_AXIS:
+            same_rank = [i for i in inputs if len(graph.shapes[i]) == rank]
+            if same_rank and (node.op_type != "MatMul" or axes[same_rank[0]] == rank - 1):
+                axes[out] = axes[same_rank[0]]
+    return axes
 
 
 class _Builder:
     """Collects ties between elements, frozen elements and parameter bindings."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, skipped: set[str] = frozenset()) -> None:
         self.graph = graph
+        self.axis = _channel_axes(graph, set(skipped))
         self.offset: dict[str, int] = {}
         self.count: dict[str, int] = {}
         total = 0
-        for name in sorted(graph.activations, key=self._order_key):
-            shape = graph.shapes.get(name)
-            if shape is None or len(shape) < 2 or shape[0] != PROBE_BATCH:
-                continue
+        for name in sorted(self.axis, key=self._order_key):
             if not self._is_float(name):
                 continue
-            self.offset[name], self.count[name] = total, shape[1]
-            total += shape[1]
+            self.offset[name], self.count[name] = total, graph.shapes[name][self.axis[name]]
+            total += self.count[name]
         self.n = total
         self.edges_a: list[np.ndarray] = []
         self.edges_b: list[np.ndarray] = []
@@ -159,6 +275,13 @@ class _Builder:
 
     def elements(self, tensor: str) -> np.ndarray:
         return np.arange(self.offset[tensor], self.offset[tensor] + self.count[tensor])
+
+    def add_virtual(self, name: str, count: int) -> np.ndarray:
+        """Elements of a tensor that exists only in the analysis (a weight axis indexed by in-group position)."""
+        self.offset[name], self.count[name] = self.n, count
+        self.n += count
+        self.frozen = np.concatenate([self.frozen, np.full(count, -1, dtype=np.int64)])
+        return self.elements(name)
 
     def tie(self, a: np.ndarray, b: np.ndarray) -> None:
         if len(a):
@@ -203,17 +326,18 @@ def _rule_elementwise(b: _Builder, node: onnx.NodeProto) -> None:
         _freeze_node(b, node, "a secondary output is used")
         return
     out_shape = b.graph.shapes[out]
-    rank, channels = len(out_shape), out_shape[1]
+    rank, axis = len(out_shape), b.axis[out]
+    channels = out_shape[axis]
     for name in node.input:
         if not name:
             continue
         shape = b.graph.shapes.get(name)
         if shape is None:
             continue
-        aligned = 1 - (rank - len(shape))  # numpy broadcasting aligns trailing axes
+        aligned = axis - (rank - len(shape))  # numpy broadcasting aligns trailing axes
         dim = shape[aligned] if 0 <= aligned < len(shape) else 1
         if b.has(name):
-            if dim == channels and aligned == 1:
+            if dim == channels and aligned == b.axis[name]:
                 b.tie_tensors(name, out)
             else:
                 _freeze_node(b, node, f"input '{name}' is broadcast across channels")
@@ -274,10 +398,39 @@ def _rule_conv(b: _Builder, node: onnx.NodeProto) -> None:
         if bias:
             b.bind(bias, 0, y, CHANNELWISE, node)
     else:
-        _freeze_node(
-            b, node, f"grouped convolution (group={group}): channels could only go in equal numbers from every group, "
-            "which the search does not do"
-        )
+        _tie_grouped_conv(b, node, group)
+
+
+def _tie_grouped_conv(b: _Builder, node: onnx.NodeProto, group: int) -> None:
+    """Grouped convolution: equal numbers of channels go from every conv group, at the same in-group positions.
+
+    Input channel g*a + i (a per group) is read by weight column i of group
+    g's rows, so the G input channels at position i form one unit, read by
+    column i: a virtual tensor of a elements (the in-group positions) carries
+    the consumer binding of the weight's axis 1. Output channel g*b + j is
+    row g*b + j; the G rows at position j form one unit. What is kept stays
+    a valid grouped convolution with the same `group` (Torch-Pruning prunes
+    grouped convolutions the same way). Whole groups would be the other
+    choice; equal counts keep `group`, and with it the channel shuffle that
+    often follows (ShuffleNet v1), valid.
+    """
+    x, w, y = node.input[0], node.input[1], node.output[0]
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    x_by_group = b.elements(x).reshape(group, b.count[x] // group)
+    b.tie(x_by_group[:-1].ravel(), x_by_group[1:].ravel())
+    positions = grouped_conv_positions(node)
+    b.tie(x_by_group[0], b.add_virtual(positions, x_by_group.shape[1]))
+    b.bind(w, 1, positions, CONSUMER, node)
+    y_by_group = b.elements(y).reshape(group, b.count[y] // group)
+    b.tie(y_by_group[:-1].ravel(), y_by_group[1:].ravel())
+    b.bind(w, 0, y, PRODUCER, node)
+    if bias:
+        b.bind(bias, 0, y, PRODUCER, node)
+
+
+def grouped_conv_positions(node: onnx.NodeProto) -> str:
+    """Name of the virtual tensor whose channels are the in-group input positions of a grouped Conv."""
+    return f"{node.input[0]} [in-group channels of {node.name or node.output[0]}]"
 
 
 def _rule_conv_transpose(b: _Builder, node: onnx.NodeProto) -> None:
@@ -317,15 +470,39 @@ def _rule_matmul(b: _Builder, node: onnx.NodeProto) -> None:
     if not (b.has(a) and b.has(y)) or w not in b.graph.initializers:
         _freeze_node(b, node, "only activation x stored-weight products are supported")
         return
-    if len(b.graph.shapes[a]) != 2 or len(b.graph.shapes[w]) != 2:
-        _freeze_node(b, node, "the channel axis is not the contracted axis (rank > 2)")
+    rank = len(b.graph.shapes[a])
+    if len(b.graph.shapes[w]) != 2 or b.axis[a] != rank - 1 or b.axis[y] != rank - 1:
+        _freeze_node(b, node, "the channel axis is not the contracted axis")
+        return
+    if rank > 2 and w.startswith(_EXPORTER_CONSTANT):
+        # A Linear on a channels-last tensor (ConvNeXt's MLP): the exporter folds weight.T into a
+        # constant of its own, so substitution on the PyTorch module cannot reach it by name.
+        _freeze_node(
+            b, node, f"its weight '{w}' is a constant the exporter derived from a parameter (a folded transpose), "
+            "which no parameter of the PyTorch model is named after"
+        )
         return
     b.bind(w, 0, a, CONSUMER, node)
     b.bind(w, 1, y, PRODUCER, node)
 
 
-def _normalise_axis(axis: int, rank: int) -> int:
-    return axis + rank if axis < 0 else axis
+def _rule_layer_norm(b: _Builder, node: onnx.NodeProto) -> None:
+    """Channelwise if it normalises over axes after the channel axis; otherwise its statistics mix channels."""
+    x, y = node.input[0], node.output[0]
+    if not (b.has(x) and b.has(y)):
+        _freeze_node(b, node, "input or output has no channel axis")
+        return
+    if any(o and o in b.graph.consumers for o in node.output[1:]):
+        _freeze_node(b, node, "its mean or inverse deviation output is used")
+        return
+    first = _normalise_axis(int(attributes(node).get("axis", -1)), len(b.graph.shapes[x]))
+    if b.axis[x] >= first:
+        _freeze_node(
+            b, node, "its statistics span the channel axis: removing a channel changes how every other channel is "
+            "normalised, which neither zeroing its readers nor slicing reproduces"
+        )
+        return
+    b.tie_tensors(x, y)  # scale and bias span the normalised axes only, never the channels
 
 
 def _rule_concat(b: _Builder, node: onnx.NodeProto) -> None:
@@ -347,10 +524,15 @@ def _rule_concat(b: _Builder, node: onnx.NodeProto) -> None:
 
 
 def _ints(b: _Builder, node: onnx.NodeProto, input_index: int, attr: str | None = None) -> list[int] | None:
+    return node_ints(b.graph, node, input_index, attr)
+
+
+def node_ints(graph: Graph, node: onnx.NodeProto, input_index: int, attr: str | None = None) -> list[int] | None:
+    """An integer operand of `node`: attribute `attr` if present, else input `input_index` as probed (None if unknown)."""
     if attr is not None and attr in attributes(node):
         return list(attributes(node)[attr])
     if len(node.input) > input_index and node.input[input_index]:
-        value = b.graph.constant(node.input[input_index])
+        value = graph.constant(node.input[input_index])
         return None if value is None else [int(v) for v in np.ravel(value)]
     return None
 
@@ -381,27 +563,57 @@ def _rule_pad(b: _Builder, node: onnx.NodeProto) -> None:
     b.tie(b.elements(x), b.elements(y)[lead : lead + b.count[x]])
 
 
+@dataclass(frozen=True)
+class ChannelSlice:
+    """A Slice along the channel axis: entry `index` of its starts/ends, channels start..stop-1 (step 1)."""
+
+    index: int
+    start: int
+    stop: int
+
+
+def channel_slice(graph: Graph, node: onnx.NodeProto) -> ChannelSlice | str | None:
+    """What a Slice takes from the channel axis: None if it keeps every channel, else the bounds or why they do not fit."""
+    x = node.input[0]
+    starts, ends = node_ints(graph, node, 1), node_ints(graph, node, 2)
+    if starts is None or ends is None:
+        return "its bounds are not known before run time"
+    rank = len(graph.shapes[x])
+    axes = [_normalise_axis(a, rank) for a in (node_ints(graph, node, 3) or list(range(len(starts))))]
+    if 1 not in axes:
+        return None
+    i = axes.index(1)
+    step = (node_ints(graph, node, 4) or [1] * len(axes))[i]
+    if step != 1:
+        return f"it takes every {step}th channel"
+    channels = graph.shapes[x][1]
+    start, stop, _ = slice(starts[i], ends[i]).indices(channels)
+    if (start, stop) == (0, channels):
+        return None
+    if len(axes) > 1 and not all(is_stored(graph, name) for name in node.input[1:3]):
+        # Lowering stores the bounds it rewrites; a run-time bound of another axis would freeze at its probed value.
+        return "it slices channels and another axis with bounds computed at run time"
+    return ChannelSlice(i, start, stop)
+
+
 def _rule_slice(b: _Builder, node: onnx.NodeProto) -> None:
     x, y = node.input[0], node.output[0]
-    starts, ends = _ints(b, node, 1), _ints(b, node, 2)
-    if not (b.has(x) and b.has(y)) or starts is None or ends is None:
-        _freeze_node(b, node, "its bounds are not known before run time")
+    if not (b.has(x) and b.has(y)):
+        _freeze_node(b, node, "input or output has no channel axis")
         return
-    rank = len(b.graph.shapes[x])
-    axes = [_normalise_axis(a, rank) for a in (_ints(b, node, 3) or list(range(len(starts))))]
-    if 0 in axes and b.graph.shapes[x][0] != b.graph.shapes[y][0]:
+    if b.graph.shapes[x][0] != b.graph.shapes[y][0]:
         _freeze_node(b, node, "it slices the batch axis")
         return
-    if 1 in axes:
-        i = axes.index(1)
-        steps = _ints(b, node, 4) or [1] * len(axes)
-        start = starts[i] + b.count[x] if starts[i] < 0 else starts[i]
-        if b.count[x] != b.count[y] or start != 0 or steps[i] != 1:
-            end = min(ends[i] + b.count[x] if ends[i] < 0 else ends[i], b.count[x])
-            what = f"channels {start}..{end - 1} of {b.count[x]}" if steps[i] == 1 else f"every {steps[i]}th channel"
-            _freeze_node(b, node, f"it takes {what} (lowering does not rewrite channel slice bounds)")
-            return
-    b.tie_tensors(x, y)
+    taken = channel_slice(b.graph, node)
+    if isinstance(taken, str):
+        _freeze_node(b, node, taken)
+    elif taken is None:
+        b.tie_tensors(x, y)
+    elif taken.stop - taken.start != b.count[y]:
+        _freeze_node(b, node, f"channels {taken.start}..{taken.stop - 1} of its input do not make its output")
+    else:
+        # Channel start + j becomes channel j; lowering moves the bounds to what is kept below them.
+        b.tie(b.elements(x)[taken.start : taken.stop], b.elements(y))
 
 
 def _rule_flatten_reshape(b: _Builder, node: onnx.NodeProto) -> None:
@@ -431,8 +643,12 @@ def _rule_axes_op(b: _Builder, node: onnx.NodeProto) -> None:
     op = node.op_type
     if op == "Transpose":
         perm = list(attrs.get("perm", reversed(range(rank_x))))
-        touched = {0, 1} if perm[:2] != [0, 1] else set()
-    elif op in ("Softmax", "LogSoftmax", "Hardmax"):
+        if perm[0] != 0 or b.axis[y] != perm.index(b.axis[x]) or b.count[x] != b.count[y]:
+            _freeze_node(b, node, "it moves the batch axis, or the channel axis where the analysis loses it")
+        else:
+            b.tie_tensors(x, y)  # the channel axis moves (ConvNeXt's Permute); its channels stay
+        return
+    if op in ("Softmax", "LogSoftmax", "Hardmax"):
         touched = {_normalise_axis(attrs.get("axis", -1), rank_x)}
     else:
         axes = _ints(b, node, 1, "axes")
@@ -448,9 +664,9 @@ def _rule_axes_op(b: _Builder, node: onnx.NodeProto) -> None:
     b.tie_tensors(x, y)
 
 
-def _is_stored(b: _Builder, name: str) -> bool:
+def is_stored(graph: Graph, name: str) -> bool:
     """A constant in the file (not computed from the input's shape at run time)."""
-    return bool(name) and name not in b.graph.activations and b.graph.is_constant(name)
+    return bool(name) and name not in graph.activations and graph.is_constant(name)
 
 
 def _rule_resize(b: _Builder, node: onnx.NodeProto) -> None:
@@ -467,7 +683,7 @@ def _rule_resize(b: _Builder, node: onnx.NodeProto) -> None:
         _freeze_node(b, node, "it crops a region of interest (tf_crop_and_resize), which may cut the channel axis")
         return
     sizes = node.input[3] if node.op_type == "Resize" and len(node.input) > 3 else ""
-    if _is_stored(b, sizes) and len(b.graph.constant(sizes)) == len(xs):
+    if is_stored(b.graph, sizes) and len(b.graph.constant(sizes)) == len(xs):
         # The file spells out the full output shape, channel count included;
         # lowering does not rewrite it. (Sizes computed from Shape at run time,
         # as PyTorch exports them, follow the new channel count by themselves.)
@@ -476,10 +692,19 @@ def _rule_resize(b: _Builder, node: onnx.NodeProto) -> None:
     b.tie_tensors(x, y)
 
 
+def channel_split_sizes(graph: Graph, node: onnx.NodeProto) -> list[int] | None:
+    """The channel count of each output of a Split along the channel axis (None if it splits another axis)."""
+    x = node.input[0]
+    axis = _normalise_axis(int(attributes(node).get("axis", 0)), len(graph.shapes[x]))
+    if axis != 1:
+        return None
+    return [graph.shapes[o][1] for o in node.output]
+
+
 def _rule_split(b: _Builder, node: onnx.NodeProto) -> None:
     x = node.input[0]
     outs = [o for o in node.output if o]
-    if not b.has(x) or not all(b.has(o) for o in outs):
+    if not b.has(x) or not all(b.has(o) for o in outs) or len(outs) != len(node.output):
         _freeze_node(b, node, "an input or output has no channel axis")
         return
     axis = _normalise_axis(int(attributes(node).get("axis", 0)), len(b.graph.shapes[x]))
@@ -487,8 +712,14 @@ def _rule_split(b: _Builder, node: onnx.NodeProto) -> None:
         _freeze_node(b, node, "it splits the batch axis")
         return
     if axis == 1:
-        # Each part would be its own unit range, but lowering does not rewrite split sizes.
-        _freeze_node(b, node, "it splits the channel axis (lowering does not rewrite split sizes)")
+        # Each part ties to its offset in the input; lowering rewrites the split sizes.
+        sizes = channel_split_sizes(b.graph, node)
+        if sum(sizes) != b.count[x]:
+            _freeze_node(b, node, f"its parts ({sizes}) do not add up to its {b.count[x]} input channels")
+            return
+        offsets = np.cumsum([0, *sizes])
+        for o, start, stop in zip(outs, offsets[:-1], offsets[1:]):
+            b.tie(b.elements(x)[start:stop], b.elements(o))
         return
     for o in outs:  # a split over space keeps every channel in every part
         b.tie_tensors(x, o)
@@ -511,7 +742,6 @@ def _rule_gather(b: _Builder, node: onnx.NodeProto) -> None:
 CHANNEL_MIXING = {
     "LRN": "it normalises each channel by its neighbouring channels, so removing one changes the others",
     "GroupNormalization": "its statistics are shared by all channels of a group",
-    "LayerNormalization": "its statistics span the channel axis",
     "MeanVarianceNormalization": "its statistics may span the channel axis",
     "LpNormalization": "it normalises across channels",
     "DepthToSpace": "it moves channels into space",
@@ -545,6 +775,7 @@ _RULES: dict[str, Callable[[_Builder, onnx.NodeProto], None]] = {
     "Upsample": _rule_resize,
     "Split": _rule_split,
     "Gather": _rule_gather,
+    "LayerNormalization": _rule_layer_norm,
     **{op: _rule_channel_mixing for op in CHANNEL_MIXING},
     **{
         op: _rule_axes_op
@@ -562,13 +793,28 @@ _RULES: dict[str, Callable[[_Builder, onnx.NodeProto], None]] = {
 
 
 def analyse_channels(graph: Graph) -> ChannelAnalysis:
-    b = _Builder(graph)
+    shuffles = find_channel_shuffles(graph)
+    b = _Builder(graph, skipped={t for s in shuffles for t in (s.split, s.swapped)})
+    shuffle_at = {s.split: s for s in shuffles}
+    inside_shuffle = {s.swapped for s in shuffles} | {s.target for s in shuffles}
     for node in graph.nodes:
-        touches_channels = any(b.has(t) for t in list(node.input) + list(node.output) if t)
-        if not touches_channels or node.op_type in SHAPE_ONLY:
+        out = node.output[0] if node.output else ""
+        if out in shuffle_at:
+            _tie_shuffle(b, shuffle_at[out])
             continue
+        if out in inside_shuffle and node.op_type in ("Transpose", "Reshape"):
+            continue
+        tensors = [t for t in list(node.input) + list(node.output) if t and b.has(t)]
+        if not tensors or node.op_type in SHAPE_ONLY:
+            continue
+        moved = [t for t in tensors if b.axis[t] != 1]
         rule = _RULES.get(node.op_type)
-        if rule is None:
+        if moved and node.op_type not in _ANY_CHANNEL_AXIS:
+            _freeze_node(
+                b, node, f"the channels of '{moved[0]}' are on axis {b.axis[moved[0]]} (a Transpose moved them), and "
+                "this operator is followed only with channels on axis 1"
+            )
+        elif rule is None:
             _freeze_node(b, node, "operator not understood by the channel analysis")
         else:
             rule(b, node)
@@ -576,7 +822,25 @@ def analyse_channels(graph: Graph) -> ChannelAnalysis:
         b.freeze([name], f"'{name}' is a model {'input' if name == graph.input_name else 'output'}")
     units = _connected_units(b)
     groups = _group_units(b, units)
-    return ChannelAnalysis(graph, groups, b.bindings, dict(b.count))
+    moved = {t: axis for t, axis in b.axis.items() if axis != 1 and t in b.count}
+    return ChannelAnalysis(graph, groups, b.bindings, dict(b.count), tuple(shuffles), moved)
+
+
+def _tie_shuffle(b: _Builder, shuffle: ChannelShuffle) -> None:
+    """Channel a*B + b of x is channel b*A + a of z; the A channels at in-group position b go together.
+
+    Kept channels of x then have the same in-group positions in every one of
+    the A groups, so the lowered Reshapes ([N, A, B', ...] and back) shuffle
+    exactly the kept channels the way the original shuffled them.
+    """
+    x, z = shuffle.source, shuffle.target
+    if not (b.has(x) and b.has(z)):
+        b.freeze([x, z], f"channel shuffle of '{x}': input or output has no channel axis")
+        return
+    source = b.elements(x)
+    b.tie(source[shuffle.source_of_target()], b.elements(z))
+    by_group = source.reshape(shuffle.groups, shuffle.per_group)
+    b.tie(by_group[:-1].ravel(), by_group[1:].ravel())
 
 
 def _connected_units(b: _Builder) -> np.ndarray:
@@ -630,7 +894,7 @@ def _group_units(b: _Builder, labels: np.ndarray) -> list[ChannelGroup]:
         if reason is None and not consumers:
             reason = "no weighted operator reads these channels"
         if reason is None and len(units) < 2:
-            reason = "a single channel: nothing to prune"
+            reason = "a single unit (its channels can only go all together): nothing to prune"
         groups.append(
             ChannelGroup(
                 id="",

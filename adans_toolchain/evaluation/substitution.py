@@ -315,6 +315,9 @@ class SubstitutionEvaluator(Evaluator):
                     a = captured[name]
                     # Input channel axis of Conv/Linear is 1; sum over the rest per example.
                     contribution = (a.detach() * a.grad).reshape(a.shape[0], a.shape[1], -1).sum(-1)
+                    if contribution.shape[1] != len(unit_of):
+                        # Grouped conv: weight column i reads in-group position i of every group.
+                        contribution = contribution.reshape(a.shape[0], -1, len(unit_of)).sum(1)
                     mask = unit_of >= 0
                     per_example[gid].index_add_(1, unit_of[mask], contribution.cpu().double()[:, mask])
                 for gid in scores:

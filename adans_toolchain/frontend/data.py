@@ -18,7 +18,7 @@ from adans_toolchain.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def _load_image_folder(root: Path, prep: Preprocessing, limit: int | None) -> Im
     files: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
         for f in sorted((root / name).rglob("*")):
-            if f.suffix.lower() in _IMAGE_SUFFIXES:
+            if f.suffix.lower() in IMAGE_SUFFIXES:
                 files.append((f, label))
     if not files:
         raise DataError(
@@ -179,6 +179,17 @@ def _resize_centre_crop(im, prep: Preprocessing) -> np.ndarray:
     im = im.resize((max(w, round(im.size[0] * scale)), max(h, round(im.size[1] * scale))), Image.BILINEAR)
     left, top = (im.size[0] - w) // 2, (im.size[1] - h) // 2
     return np.asarray(im.crop((left, top, left + w, top + h)), dtype=np.uint8)
+
+
+# For training images, decoded a few at a time (frontend.training_data), prepared exactly as VAL images are.
+def image_pixels(im, prep: Preprocessing) -> np.ndarray:
+    """One PIL image as uint8 H x W x 3 pixels, resized and centre-cropped to prep.input_size."""
+    return _resize_centre_crop(im.convert("RGB"), prep)
+
+
+def normalise_pixels(pixels: np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """uint8 N x H x W x C pixels as model inputs, float32 N x C x H x W."""
+    return _normalise_uint8_nhwc(pixels, prep)
 
 
 def load_image_set(

@@ -2,9 +2,12 @@
 
 Every initializer axis that the analysis bound to an activation's channels is
 sliced to that activation's kept channels: producers lose output rows,
-consumers lose input columns, BatchNorm/depthwise/per-channel constants lose
-entries. Attributes and shape constants that spell out a channel count
-(depthwise `group`, channel `pads`, Reshape targets) are rewritten.
+consumers lose input columns (a grouped convolution's in-group columns),
+BatchNorm/depthwise/per-channel constants lose entries. Attributes and shape
+constants that spell out a channel count are rewritten: depthwise `group`
+(a grouped convolution keeps its `group`: every conv group loses the same
+channels), channel `pads`, stored Reshape targets (flatten, channel shuffle),
+channel Slice bounds and Split sizes.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from adans_toolchain.analysis.channels import ChannelAnalysis
+from adans_toolchain.analysis.channels import ChannelAnalysis, ChannelSlice, channel_slice, channel_split_sizes, is_stored
 from adans_toolchain.analysis.graph import Graph, attributes
 from adans_toolchain.errors import LoweringError
 from adans_toolchain.plan import Plan
@@ -107,13 +110,17 @@ class PruneChannelsPass(LoweringPass):
         if node.op_type == "Conv":
             x = node.input[0]
             group = attributes(node).get("group", 1)
-            if group > 1 and x in kept:
-                # Only depthwise convolutions reach here (grouped ones are frozen).
+            if group > 1 and group == graph.shapes[x][1] and x in kept:
+                # Depthwise stays depthwise; a grouped convolution keeps its groups (each lost the same channels).
                 _set_int_attribute(node, "group", len(kept[x]))
         elif node.op_type == "Pad":
             self._rewrite_pad(graph, node, kept, replacements)
         elif node.op_type == "Reshape":
             self._rewrite_reshape(graph, node, kept, replacements)
+        elif node.op_type == "Slice":
+            self._rewrite_slice(graph, node, kept, replacements)
+        elif node.op_type == "Split":
+            self._rewrite_split(graph, node, kept, replacements)
 
     def _rewrite_pad(self, graph: Graph, node: onnx.NodeProto, kept, replacements) -> None:
         x, y = node.input[0], node.output[0]
@@ -140,21 +147,73 @@ class PruneChannelsPass(LoweringPass):
 
     def _rewrite_reshape(self, graph: Graph, node: onnx.NodeProto, kept, replacements) -> None:
         x, y = node.input[0], node.output[0]
-        if x not in kept:
-            return
+        stored = is_stored(graph, node.input[1])
         target = graph.constant(node.input[1])
         if target is None:
-            return  # computed from Shape at run time: follows the new channel count by itself
+            return
         target = np.array(target, dtype=np.int64)
-        if len(target) < 2 or target[1] in (-1, 0):
-            return  # the channel-bearing dimension is inferred
-        in_shape, out_shape = graph.shapes[x], graph.shapes[y]
-        spatial = int(np.prod(in_shape[2:]))
-        new_c = len(kept[x])
-        target[1] = new_c if out_shape[1] == in_shape[1] else new_c * spatial
+        shuffle_in = {s.split: s for s in self.analysis.shuffles}
+        shuffle_out = {s.target: s for s in self.analysis.shuffles}
+        if y in shuffle_in or y in shuffle_out:
+            if not stored:
+                return  # computed from Shape at run time (ShuffleNet's C // groups): follows by itself
+            if y in shuffle_in and x in kept:  # [N, C, ...] -> [N, A, B, ...]: B shrinks
+                target[1], target[2] = shuffle_in[y].groups, len(kept[x]) // shuffle_in[y].groups
+            elif y in shuffle_out and y in kept:  # [N, B, A, ...] -> [N, C, ...]
+                target[1] = len(kept[y])
+            else:
+                return
+        elif x in kept and len(target) >= 2 and target[1] not in (-1, 0):
+            in_shape, out_shape = graph.shapes[x], graph.shapes[y]
+            spatial = int(np.prod(in_shape[2:]))
+            new_c = len(kept[x])
+            target[1] = new_c if out_shape[1] == in_shape[1] else new_c * spatial
+            if not stored:
+                if attributes(node).get("allowzero", 0):
+                    raise LoweringError(
+                        f"Reshape node '{node.name}': a computed target with allowzero=1 spells the channel count"
+                    )
+                target[0] = 0  # computed (view(n, c * h * w)): the batch is copied from the input, the rest is stored
+        else:
+            return  # untouched, or the channel-bearing dimension is inferred
         name = f"{node.name or y}__shape_pruned"
         replacements[name] = target
         node.input[1] = name
+
+    def _rewrite_slice(self, graph: Graph, node: onnx.NodeProto, kept, replacements) -> None:
+        """Channel bounds move to the number of kept channels below them (stored, whatever computed them)."""
+        x = node.input[0]
+        taken = channel_slice(graph, node) if x in kept else None
+        if not isinstance(taken, ChannelSlice):
+            return
+        for position, bound in ((1, taken.start), (2, taken.stop)):
+            values = np.array(graph.constant(node.input[position])).astype(np.int64).ravel()
+            values[taken.index] = int(np.sum(kept[x] < bound))
+            name = f"{node.name or node.output[0]}__{'starts' if position == 1 else 'ends'}_pruned"
+            replacements[name] = values
+            node.input[position] = name
+
+    def _rewrite_split(self, graph: Graph, node: onnx.NodeProto, kept, replacements) -> None:
+        x = node.input[0]
+        sizes = channel_split_sizes(graph, node) if x in kept else None
+        if sizes is None:
+            return
+        offsets = np.cumsum([0, *sizes])
+        new_sizes = np.array([np.sum((kept[x] >= a) & (kept[x] < b)) for a, b in zip(offsets[:-1], offsets[1:])], np.int64)
+        if any(a.name == "split" for a in node.attribute):  # opset < 13
+            for a in node.attribute:
+                if a.name == "split":
+                    a.ints[:] = [int(v) for v in new_sizes]
+            return
+        for a in list(node.attribute):
+            if a.name == "num_outputs":  # opset 18: sizes and num_outputs are exclusive
+                node.attribute.remove(a)
+        name = f"{node.name or node.output[0]}__split_pruned"
+        replacements[name] = new_sizes
+        if len(node.input) > 1:
+            node.input[1] = name
+        else:
+            node.input.append(name)
 
 
 def structure_fingerprint(model: onnx.ModelProto) -> str:

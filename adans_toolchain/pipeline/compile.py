@@ -42,7 +42,7 @@ from adans_toolchain.analysis.graph import Graph
 from adans_toolchain.plan.layer_table import plan_group_table, plan_layer_table
 from adans_toolchain.plan.workload import graph_workload, plan_workloads
 from adans_toolchain.search.boundary import (
-    Boundary, OneRate, characterise_boundary, initial_batch, max_boundary_evaluations, one_rate_rule,
+    Boundary, OneRate, boundary_groups, characterise_boundary, initial_batch, max_boundary_evaluations, one_rate_rule,
 )
 from adans_toolchain.search.holdout import choose_on_holdout, holdout_threshold, split_holdout, top_distinct
 from adans_toolchain.search.types import Evaluation, SearchResult
@@ -51,7 +51,7 @@ from adans_toolchain.pipeline.costing import predicted_latency, report_latency_m
 from adans_toolchain.finetune.emit import finetune_model
 from adans_toolchain.lowering.emit import Emitted, lower_plan, simplify
 from adans_toolchain.lowering.storage import storage
-from adans_toolchain.errors import ConfigError, DataError, InputError
+from adans_toolchain.errors import ConfigError, DataError, InputError, failures_named
 from adans_toolchain.evaluation.base import Evaluator, make_evaluator
 from adans_toolchain.evaluation.cache import BudgetedAccuracy, CachedAccuracy, EvaluationCache
 from adans_toolchain.evaluation.rejection import EarlyRejection
@@ -62,6 +62,7 @@ from adans_toolchain.frontend.data import IMAGENET_MEAN, IMAGENET_STD, ImageSet,
 from adans_toolchain.frontend.export import export_onnx
 from adans_toolchain.frontend.loading import load_model
 from adans_toolchain.frontend.onnx_model import check_onnx_runs_on
+from adans_toolchain.frontend.training_data import TrainingSet, load_training_set, training_sources
 from adans_toolchain.finetune.train import FinetuneConfig
 from adans_toolchain.runtime.measure import measured_speedup
 from adans_toolchain.runtime.sessions import top1
@@ -70,9 +71,10 @@ from adans_toolchain.pipeline.progress import Progress
 from adans_toolchain.search.scoring import AdaNSScore
 from adans_toolchain.plan.sites import layer_sites
 from adans_toolchain.search import maximize
+from adans_toolchain.search.samplers import ScoreParts
 from adans_toolchain.plan.space import CompressionSpace, PruningSite
 from adans_toolchain.transforms.plan_transform import PlanTransform
-from adans_toolchain.pipeline.workspace import INPUT_SETTINGS, Workspace, fingerprint_inputs
+from adans_toolchain.pipeline.workspace import INPUT_SETTINGS, Workspace, fingerprint, fingerprint_inputs
 
 DEFAULT_MAX_DROP = 2.0
 # Bisection rounds of the one-rate rule: the rate to 1/128, finer than one unit of all but the widest groups.
@@ -96,6 +98,7 @@ class _Inputs:
     # The headline accuracy of the emitted model stays measured on all of `val`.
     search_val: ImageSet | None = None
     holdout: ImageSet | None = None
+    train: TrainingSet | None = None  # TRAIN (with --finetune-epochs), indexed with the other inputs
 
     def __post_init__(self) -> None:
         if self.search_val is None:
@@ -121,6 +124,12 @@ def _split_val(val: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, Ima
     return val, val.part(0, n, f"{n} images the search ranks on"), val.part(n, len(val), f"{len(held)} held-back images")
 
 
+# What to try when loading, exporting or analysing fails unexpectedly (the error keeps the original exception).
+_LOAD_ADVICE = "rerun with --debug for the traceback; if the file and --arch are right, report it"
+_EXPORT_ADVICE = "export it to ONNX yourself and give adans the .onnx file, or rerun with --debug and report the operator it names"
+_ANALYSIS_ADVICE = "adans does not handle something in this model: rerun with --debug and report the traceback"
+
+
 def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
     try:
         target = load_target(cfg.target)
@@ -141,7 +150,8 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
         label_offset=cfg.label_offset,
     )
     progress.step(f"loading model {cfg.model}")
-    loaded = load_model(cfg.model, cfg.arch, cfg.trust_pickle)
+    with failures_named(f"loading the model {cfg.model}" + (f" as --arch {cfg.arch}" if cfg.arch else ""), _LOAD_ADVICE):
+        loaded = load_model(cfg.model, cfg.arch, cfg.trust_pickle)
     explicit = cfg.mean is not None
     val = load_image_set(cfg.data, prep, limit=cfg.val_limit, explicit_normalisation=explicit)
     test = load_image_set(cfg.test_data, prep, explicit_normalisation=explicit) if cfg.test_data else None
@@ -171,8 +181,10 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
         onnx_model = loaded.onnx_model
     else:
         progress.step(f"exporting to ONNX and analysing channel groups (input {list(val.image_shape)})")
-        onnx_model = export_onnx(loaded.module, val.image_shape)
-    graph = Graph.from_model(onnx_model, val.image_shape)
+        with failures_named(f"exporting {cfg.model} to ONNX", _EXPORT_ADVICE):
+            onnx_model = export_onnx(loaded.module, val.image_shape)
+    with failures_named(f"analysing the ONNX graph of {cfg.model}", _ANALYSIS_ADVICE):
+        graph = Graph.from_model(onnx_model, val.image_shape)
     classes = graph.shapes[graph.output_names[0]][-1]
     for name, data in (("VAL", val), ("TEST", test)):
         if data is None:
@@ -183,9 +195,21 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
                 f"{name} labels range over {lo}..{hi} but the model has {classes} outputs; "
                 "fix the labels (or --label-offset for models with a background class)"
             )
-    analysis = analyse_channels(graph)
+    with failures_named(f"analysing the channel groups of {cfg.model}", _ANALYSIS_ADVICE):
+        analysis = analyse_channels(graph)
+    train = _training_data(cfg, prep, val.image_shape, classes, progress) if cfg.finetune_epochs else None
     return _Inputs(target, threads, loaded.module, loaded.description, val, test, calibration, prep, onnx_model, analysis,
-                   search_val=search_val, holdout=holdout)
+                   search_val=search_val, holdout=holdout, train=train)
+
+
+def _training_data(cfg: CompileConfig, prep: Preprocessing, image_shape: tuple[int, int, int], classes: int,
+                   progress: Progress) -> TrainingSet:
+    """TRAIN's sources indexed, and checked against the model and each other, before the search rather than after
+    it (images are decoded while fine-tuning)."""
+    if not cfg.train_data:
+        raise ConfigError("--finetune-epochs needs --train-data (training images)")
+    progress.step(f"indexing the training data: {', '.join(training_sources(cfg.train_data))}")
+    return load_training_set(cfg.train_data, prep, image_shape, classes=classes, explicit_normalisation=cfg.mean is not None)
 
 
 def _check_model_runs_on(module: torch.nn.Module, data: ImageSet) -> None:
@@ -217,12 +241,26 @@ def _fingerprint(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.graph.SerializeToString()).hexdigest()[:16]
 
 
+def _input_fingerprints(cfg: CompileConfig) -> dict:
+    """What a resume checks for changed inputs (`fingerprint_inputs`). Several --train-data sources are one
+    entry whose fingerprint covers each of them; one source keeps the entry a single path always had."""
+    paths = {name: getattr(cfg, name) for name in INPUT_SETTINGS}
+    train = training_sources(cfg.train_data or ())
+    paths["train_data"] = train[0] if len(train) == 1 else None
+    inputs = fingerprint_inputs(paths)
+    if len(train) > 1:
+        each = [fingerprint(p) for p in train]
+        combined = None if None in each else "sha256:" + hashlib.sha256("\n".join(each).encode()).hexdigest()
+        inputs["train_data"] = {"path": ",".join(train), "fingerprint": combined}
+    return inputs
+
+
 def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     progress = progress or Progress()
     # OUT first: a run that could not write its results, or a resume whose model or data changed,
     # stops here, before the model is loaded, and writes nothing.
     ws = Workspace.prepare(cfg.out, cfg.resume_key(), resume=cfg.resume, overwrite=cfg.overwrite,
-                           inputs=fingerprint_inputs({name: getattr(cfg, name) for name in INPUT_SETTINGS}))
+                           inputs=_input_fingerprints(cfg))
     try:
         report = _compile(cfg, progress, ws)
     except BaseException:
@@ -244,7 +282,7 @@ def _compile(cfg: CompileConfig, progress: Progress, ws: Workspace) -> dict:
     transform = PlanTransform(analysis, original_weights(inputs.module, analysis))
     evaluator = make_evaluator(
         inputs.module, inputs.search_val, transform, device=cfg.device, batch_size=cfg.batch_size, calibration=inputs.calibration,
-        precision=cfg.precision,
+        precision=cfg.precision, slicing=cfg.candidates == "sliced",
     )
     identity = Plan((), _fingerprint(inputs.onnx_model))
     start = time.perf_counter()
@@ -291,7 +329,7 @@ def _compile(cfg: CompileConfig, progress: Progress, ws: Workspace) -> dict:
     score = AdaNSScore(baseline_val, baseline_cost, threshold, floor)
     cache = EvaluationCache(ws.state / "evaluations.jsonl")
     executor = make_executor(
-        cfg.executor, evaluator, lambda: _evaluator_spec(inputs, transform, cfg, evaluator.precision),
+        cfg.executor, evaluator, lambda: _evaluator_spec(inputs, transform, cfg, _resolved_precision(evaluator)),
         workers=cfg.workers, ray_address=cfg.ray_address,
     )
     run = _Run(cfg, inputs, evaluator, executor, transform, space, cost_model, score, cache, ws, identity, progress, timings, t0)
@@ -317,11 +355,17 @@ def _baseline_cost(inputs: _Inputs, cost_model, identity: Plan) -> float:
         ) from e
 
 
+def _resolved_precision(evaluator: Evaluator) -> str:
+    """The precision workers use: the one the evaluator chose (auto on CPU is channels-last, cheap to redo)."""
+    return "auto" if getattr(evaluator, "channels_last", False) and evaluator.precision == "fp32" else evaluator.precision
+
+
 def _evaluator_spec(inputs: _Inputs, transform, cfg: CompileConfig, precision: str) -> EvaluatorSpec:
     threads = max(1, inputs.threads // max(cfg.workers or inputs.threads, 1))
     return EvaluatorSpec.from_module(
         inputs.module, val=inputs.search_val, calibration=inputs.calibration, analysis=inputs.analysis, weights=transform.weights,
         batch_size=cfg.batch_size, precision=precision, device=cfg.device, threads=threads,
+        slicing=cfg.candidates == "sliced",
     )
 
 
@@ -355,7 +399,7 @@ def _search(run: _Run):
     budget = BudgetedAccuracy(accuracies, run.cfg.max_evaluations)
     run.progress.step(_budget_line(run))
     rule, rule_facts = _one_rate_rule(run, budget)
-    boundary = _characterise_boundary(run, budget)
+    boundary = _characterise_boundary(run, budget, rule)
     result = _adans(run, boundary, rule, _Objective(run, accuracies), budget)
     stats = {"evaluated": accuracies.evaluated, "cached": accuracies.cached, "eval_seconds": accuracies.eval_seconds,
              "executor": run.executor.describe(), "precision": run.evaluator.precision,
@@ -431,10 +475,14 @@ def _one_rate_facts(run: _Run, rule: OneRate, variant: str, *, evaluations: int)
     )
 
 
-def _characterise_boundary(run: _Run, accuracies: BudgetedAccuracy) -> Boundary:
+def _characterise_boundary(run: _Run, accuracies: BudgetedAccuracy, rule: OneRate) -> Boundary:
+    """Per-site bisection upward from the rule's point (feasible for each site alone), grouped on large models."""
     cfg, space, progress = run.cfg, run.space, run.progress
     t = time.perf_counter()
-    progress.step(f"boundary characterisation: bisection on {space.dim} coordinates ({len(space.sites)} sites)")
+    groups = boundary_groups(space.levels, cfg.boundary_groups)
+    grouped = f" in {len(groups)} groups of neighbours (--boundary-groups)" if any(len(g) > 1 for g in groups) else ""
+    progress.step(f"boundary characterisation: bisection on {space.dim} coordinates ({len(space.sites)} sites)"
+                  f"{grouped}, from the one-rate rule's level")
     # On resume every evaluation below is a cache hit, so this costs nothing.
     # A bisection round can run for an hour on a CPU, so it shows a bar. Each call is
     # one per-site round; the diagonal's single points that follow never fill a bar.
@@ -443,7 +491,9 @@ def _characterise_boundary(run: _Run, accuracies: BudgetedAccuracy) -> Boundary:
     def bisection_accuracies(xs: np.ndarray) -> np.ndarray:
         return accuracies(xs, f"bisection round {next(rounds)}/{cfg.boundary_rounds}")
 
-    boundary = characterise_boundary(bisection_accuracies, space.levels, run.score.accuracy_threshold, rounds=cfg.boundary_rounds)
+    boundary = characterise_boundary(bisection_accuracies, space.levels, run.score.accuracy_threshold,
+                                     start=rule.point(space.dim), rounds=cfg.boundary_rounds,
+                                     max_groups=cfg.boundary_groups)
     run.ws.save_json("boundary.json", boundary.as_dict())
     run.timings["boundary_s"] = time.perf_counter() - t
     progress.step(
@@ -464,10 +514,9 @@ class _Objective:
         self.best_feasible_ratio = 1.0
 
     def __call__(self, xs: np.ndarray):
-        run, score = self.run, self.run.score
+        score = self.run.score
         acc = self.accuracies(xs)
-        plans = run.space.decode_batch(xs)
-        costs = run.cost_model.estimate(plan_workloads(run.inputs.analysis, plans, batch=run.inputs.target.batch_size))
+        costs = self.costs(xs)
         ratios = costs / score.baseline_cost
         feasible = score.feasible(acc)
         if feasible.any():
@@ -477,6 +526,12 @@ class _Objective:
             for a, c, r, ok in zip(acc, costs, ratios, feasible)
         ]
         return score(acc, costs), infos
+
+    def costs(self, xs: np.ndarray) -> np.ndarray:
+        """Each point's cost on the target: exact and needs no evaluation, so the `adans` sampler prices its pool."""
+        run = self.run
+        plans = run.space.decode_batch(np.atleast_2d(xs))
+        return run.cost_model.estimate(plan_workloads(run.inputs.analysis, plans, batch=run.inputs.target.batch_size))
 
     def show(self, summary) -> None:
         """Progress after each AdaNS iteration."""
@@ -500,8 +555,9 @@ def _adans(run: _Run, boundary: Boundary, rule: OneRate, objective: _Objective, 
             f"--max-evaluations {cfg.max_evaluations} was spent before the search could evaluate a candidate; "
             "raise it and --resume (what was evaluated is kept)"
         )
-    # A per-site theta is a bisection's lower bound, and can fall short of the rule's rate; the box keeps the rule.
-    upper = boundary.theta if start is None else np.maximum(boundary.theta, start)
+    # The box holds every feasible point the boundary knows of: up to where each coordinate alone is known
+    # infeasible (theta, a lower bound after one probe per site, would cut them off), and the rule's point.
+    upper = boundary.box() if start is None else np.maximum(boundary.box(), start)
     # Cut short by --max-evaluations, the rule and the boundary go on when a resume raises the cap, changing the
     # first batch and the box a journal is bound to; so until both are complete the search keeps no journal (what
     # it evaluated is in the cache, so running it again costs nothing).
@@ -519,6 +575,7 @@ def _adans(run: _Run, boundary: Boundary, rule: OneRate, objective: _Objective, 
         journal=journal,
         callback=objective.show,
         budget=None if cfg.max_evaluations is None else budget,
+        score_parts=ScoreParts(cost=objective.costs, score=run.score, design_key=space.states),
     )
     run.progress.done()
     run.timings["search_s"] = time.perf_counter() - t
@@ -528,7 +585,7 @@ def _adans(run: _Run, boundary: Boundary, rule: OneRate, objective: _Objective, 
 def _budget_line(run: _Run) -> str:
     """The most evaluations this compile will spend, and about how long, said before it starts."""
     cfg, inputs = run.cfg, run.inputs
-    boundary = max_boundary_evaluations(run.space.levels, rounds=cfg.boundary_rounds)
+    boundary = max_boundary_evaluations(run.space.levels, rounds=cfg.boundary_rounds, max_groups=cfg.boundary_groups)
     search = cfg.samples * cfg.iterations
     rule = ONE_RATE_ROUNDS * len(_one_rate_variants(run.space))
     total = rule + boundary + search
@@ -884,11 +941,7 @@ def _reduces_to_macs(model) -> str | None:
 def _finetune(cfg: CompileConfig, inputs: _Inputs, models: EmittedModels, ws: Workspace, progress: Progress,
               accuracies: Accuracies) -> FinetuneOutcome:
     """Fine-tune the emitted model (and, if asked, the baseline) on TRAIN, and measure them again."""
-    if not cfg.train_data:
-        raise ConfigError("--finetune-epochs needs --train-data (training images)")
-    train = load_image_set(cfg.train_data, inputs.preprocessing, explicit_normalisation=cfg.mean is not None)
-    if train.image_shape != inputs.val.image_shape:
-        raise DataError(f"TRAIN images are {train.image_shape} but VAL images are {inputs.val.image_shape}; they must match")
+    train = inputs.train
     config = FinetuneConfig(
         epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size, distill=cfg.distill, seed=cfg.seed
     )
@@ -901,7 +954,7 @@ def _finetune(cfg: CompileConfig, inputs: _Inputs, models: EmittedModels, ws: Wo
     splits = {"val": accuracies.val, "test": accuracies.test}
     for name, source in runs:
         pre = source.pre_simplify if source is not None else inputs.onnx_model
-        progress.step(f"fine-tuning the {name} model: {config.epochs} epochs on {len(train)} images")
+        progress.step(f"fine-tuning the {name} model: {config.epochs} epochs on {len(train):,} images ({train.describe()})")
         done = finetune_model(
             pre, train, config, image_shape=inputs.val.image_shape, check_images=inputs.val.x, teacher=teacher,
             checkpoint=ws.state / f"finetune_{name}.pt", device=cfg.device, threads=inputs.threads,
@@ -922,7 +975,8 @@ def _finetune(cfg: CompileConfig, inputs: _Inputs, models: EmittedModels, ws: Wo
                 splits[split] = dataclasses.replace(splits[split], compressed=after, compressed_before_finetune=splits[split].compressed)
             else:
                 splits[split] = dataclasses.replace(splits[split], baseline_finetuned=after)
-    facts = FinetuneFacts(config.__dict__, len(train), cfg.train_data, logs["compressed"], logs.get("baseline"))
+    facts = FinetuneFacts(config.__dict__, len(train), ", ".join(training_sources(cfg.train_data)), logs["compressed"],
+                          logs.get("baseline"))
     # Speed is compared against the original baseline either way (fine-tuning does not change speed).
     return FinetuneOutcome(
         facts, EmittedModels(models.baseline, outputs["compressed"].emitted), Accuracies(**splits),

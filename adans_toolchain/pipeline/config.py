@@ -18,6 +18,7 @@ from cost_models import cost_model_names
 
 from adans_toolchain.errors import ConfigError
 from adans_toolchain.search import SAMPLER_NAMES, make_sampler
+from adans_toolchain.search.boundary import BOUNDARY_GROUPS, BOUNDARY_ROUNDS, DIAGONAL_ROUNDS
 
 # Help sections, in the order `adans-compile --help` lists them.
 INPUTS = "model and data"
@@ -148,7 +149,9 @@ class CompileConfig:
         "gaussian", choices=SAMPLER_NAMES, group=SEARCH,
         help="how AdaNS draws each iteration's samples from the good ones so far: gaussian (the paper's best), "
         "genetic (selection, crossover, mutation), zoom (refines the best boxes), or uniform (no adaptation, "
-        "a baseline); or Optuna's tpe or cmaes instead of AdaNS (extra: pip install -e \".[optuna]\")",
+        "a baseline); adans screens many gaussian proposals with a model of accuracy fitted on the history and "
+        "the exact cost, and evaluates the most promising; or Optuna's tpe or cmaes instead of AdaNS "
+        "(extra: pip install -e \".[optuna]\")",
     )
     cost: str = setting(
         "macs", choices=tuple(cost_model_names()), group=SEARCH,
@@ -195,8 +198,12 @@ class CompileConfig:
         "candidate on all of VAL). A stopped candidate is recorded with its accuracy on the images it saw",
     )
     # -- fine-tuning (runs after the search; its own checkpoint checks its settings) --
-    train_data: str | None = setting(metavar="TRAIN", group=FINETUNE, resumable=True,
-                                     help="training images (.npz or ImageFolder) for fine-tuning")
+    train_data: tuple[str, ...] | None = setting(
+        metavar="TRAIN[,TRAIN...]", type=comma_separated, group=FINETUNE, resumable=True,
+        help="training images for fine-tuning, several separated by commas and mixed into one set: .npz (x, y), an "
+        "ImageFolder directory, or a tar of one (.tar, read in place, or .tar.gz); sorted class folder names are "
+        "labels 0..K-1, and an npz's labels must number the same classes",
+    )
     finetune_epochs: int = setting(0, metavar="E", group=FINETUNE, resumable=True,
                                    help="epochs of fine-tuning (0: none)")
     finetune_lr: float = setting(0.01, metavar="LR", group=FINETUNE, resumable=True,
@@ -212,7 +219,16 @@ class CompileConfig:
     iterations: int = setting(20, metavar="T", group=SEARCH, resumable=True,
                               help="iterations, T, including the initial batch; a resume may add more. The default "
                               "budget takes about an hour on a 2-core CPU (see --samples).")
-    boundary_rounds: int = setting(6, metavar="R", group=SEARCH, help="bisection rounds per site for the boundary")
+    boundary_rounds: int = setting(
+        BOUNDARY_ROUNDS, metavar="R", group=SEARCH,
+        help="boundary bisection rounds per site (or group of sites), one evaluation each, upward from the one-rate "
+        "rule's level, which every site is known to tolerate (0: that level is the boundary)",
+    )
+    boundary_groups: int = setting(
+        BOUNDARY_GROUPS, metavar="G", group=SEARCH,
+        help="boundary bisection: with more searched coordinates than G, neighbouring ones (in graph order) are "
+        f"bisected together in G groups, so the boundary costs at most G x R + {DIAGONAL_ROUNDS} evaluations",
+    )
     max_evaluations: int | None = setting(
         metavar="N", group=SEARCH, resumable=True,
         help="evaluate at most N candidates in all (one-rate rule, boundary and search; evaluations already in "
@@ -227,7 +243,14 @@ class CompileConfig:
     precision: str = setting(
         "auto", choices=("auto", "fp32", "bf16"), group=EXECUTION,
         help="candidate evaluation precision (auto: bf16 + channels-last on CUDA when it keeps the baseline's "
-        "top-1 within 0.1 point)",
+        "top-1 within 0.1 point; fp32 channels-last on the CPU)",
+    )
+    candidates: str = setting(
+        "sliced", choices=("sliced", "zeroed"), group=EXECUTION, resumable=True,
+        help="how search candidates run: sliced (pruned channels cut out of the PyTorch module, so a candidate costs "
+        "what it keeps; checked against zeroed when the evaluator is built, and groups whose channel count the "
+        "model's code spells stay zeroed) or zeroed (the full-size model with pruned channels' readers zeroed: the "
+        "reference)",
     )
     executor: str = setting("local", choices=("local", "multi-gpu", "ray"), group=EXECUTION, resumable=True,
                             help="where candidates are evaluated: in process, one worker per GPU, or Ray actors")
@@ -282,6 +305,8 @@ class CompileConfig:
         _early_rejection(self.early_rejection)
         if self.samples < 2 or self.iterations < 1:
             raise ConfigError("--samples must be >= 2 and --iterations >= 1")
+        if self.boundary_rounds < 0 or self.boundary_groups < 1:
+            raise ConfigError("--boundary-rounds must be >= 0 and --boundary-groups >= 1")
         if self.max_evaluations is not None and self.max_evaluations < 1:
             raise ConfigError("--max-evaluations is a number of candidate evaluations (>= 1)")
         if self.priority not in ("taylor", "l1"):

@@ -18,11 +18,18 @@ and a resume with a larger one goes on from there.
 Determinism: iteration t draws from np.random.default_rng([seed, t]) and the
 sampler keeps no state, so iteration t depends only on (settings, committed
 history) — a resumed run recomputes exactly what the uninterrupted run did.
+
+Score parts: with `score_parts` the sampler also sees how f splits into the
+measured accuracy (read from each evaluation's info, so the journal holds it)
+and the exact cost. A cost function has no portable form, so the journal does
+not record it: a resume must pass the same one, as the compiler does (its
+score and cost model are fixed by settings a resume may not change).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,7 +42,7 @@ import numpy as np
 
 from adans_toolchain.search import journal as journal_io
 from adans_toolchain.search import reconstruction as recon
-from adans_toolchain.search.samplers import SAMPLER_NAMES, Sampler, SearchContext, make_sampler
+from adans_toolchain.search.samplers import SAMPLER_NAMES, Sampler, ScoreParts, SearchContext, make_sampler
 from adans_toolchain.search.selection import good_set
 from adans_toolchain.search.types import Evaluation, IterationSummary, SearchResult
 
@@ -67,6 +74,7 @@ class _Settings:
     init: np.ndarray | None
     alpha_max: float
     reconstruction: bool
+    score_parts: ScoreParts | None = None
 
 
 def maximize(
@@ -85,6 +93,7 @@ def maximize(
     reconstruction: bool = True,
     callback: Callable[[IterationSummary], None] | None = None,
     budget: EvaluationBudget | None = None,
+    score_parts: ScoreParts | None = None,
 ) -> SearchResult:
     """Maximise the black box `fn` over the box [lower, upper] ⊂ R^dim.
 
@@ -102,8 +111,15 @@ def maximize(
 
     `budget` caps what fn may be asked to evaluate (see the module's
     docstring); ValueError if it cannot pay for a single initial sample.
+
+    `score_parts` tells the sampler how f splits into accuracy and cost (see
+    the module's docstring); every info must then hold the accuracy.
     """
     settings = _validate(dim, samples, iterations, seed, lower, upper, init, alpha_max, reconstruction)
+    if score_parts is not None:
+        if not isinstance(score_parts, ScoreParts):
+            raise ValueError(f"score_parts must be a ScoreParts, got {type(score_parts).__name__}")
+        settings = dataclasses.replace(settings, score_parts=score_parts)
     strategy = _resolve_sampler(sampler)
     history: list[Evaluation] = []
     summaries: list[IterationSummary] = []
@@ -156,11 +172,31 @@ def _propose(t: int, sampler: Sampler, settings: _Settings, history: list[Evalua
         iteration=t,
         batch_size=settings.samples,
         alpha_max=settings.alpha_max,
+        score_parts=settings.score_parts,
+        accuracies=_accuracies(settings.score_parts, history),
     )
     batch = sampler.propose(context, settings.samples, np.random.default_rng([settings.seed, t]))
     if not np.isfinite(batch).all():
         raise ValueError(f"sampler {sampler.name!r} proposed non-finite points at iteration {t}")
     return batch
+
+
+def _accuracies(parts: ScoreParts | None, history: list[Evaluation]) -> np.ndarray | None:
+    """The history's accuracies from its infos (None without score parts)."""
+    if parts is None:
+        return None
+    key = parts.accuracy_key
+    missing = [
+        i for i, e in enumerate(history)
+        if isinstance(e.info.get(key), bool) or not isinstance(e.info.get(key), (int, float))
+        or not np.isfinite(e.info[key])
+    ]
+    if missing:
+        raise ValueError(
+            f"with score_parts every evaluation's info must hold its accuracy, a finite number, under {key!r}; "
+            f"evaluation {missing[0]} (iteration {history[missing[0]].iteration}) does not"
+        )
+    return np.array([e.info[key] for e in history], dtype=np.float64)
 
 
 def _affordable(budget: EvaluationBudget | None, batch: np.ndarray, t: int) -> int:

@@ -28,8 +28,11 @@ class Case:
     methods: str = "ps"
     images: int = 4
     extra: tuple[str, ...] = field(default=())
+    # ShuffleNet's concat-and-shuffle streams leave some groups with one unit (all of it or nothing): frozen, not searched.
+    single_units: bool = False
 
 
+NO_RECALIBRATION = ("--bn-recalibrate", "0")
 TF = ("--mean", "0.5", "0.5", "0.5", "--std", "0.5", "0.5", "0.5", "--label-offset", "1")
 CASES = [
     Case("cifar_resnet20", 32, "d,ps"),
@@ -48,6 +51,15 @@ CASES = [
     Case("tests.coverage.synthetic:alexnet_slim", 224, images=2),
     Case("tests.coverage.synthetic:vgg11_bn_slim", 224, images=2),
     Case("tf_mobilenet_v1_0.5_160", 64, "d,ps", extra=TF),
+    # Issue 16: grouped convolutions (equal counts per conv group), dense concatenation,
+    # channel shuffle and chunk.
+    # Trained (randomised) BatchNorm statistics: re-estimated on a few 32-pixel images, the 1x1 last
+    # stage's statistics can hold a near-zero variance that scales float32 rounding past the validation
+    # tolerance (a float64 reference differs from both models as much), which is not what these cases test.
+    Case("torchvision:resnext50_32x4d", 32, extra=NO_RECALIBRATION),
+    Case("torchvision:regnet_y_400mf", 32, extra=NO_RECALIBRATION),
+    Case("torchvision:densenet121", 32, extra=NO_RECALIBRATION),
+    Case("torchvision:shufflenet_v2_x1_0", 32, extra=NO_RECALIBRATION, single_units=True),
 ]
 
 
@@ -67,6 +79,8 @@ def test_architecture_compiles_validates_and_reports(case, tmp_path):
     )
     # Nothing but the image input and the logits is frozen: every inner group is searched.
     reasons = sorted(g["reason"] for g in report["frozen_groups"])
+    if case.single_units:
+        reasons = [r for r in reasons if not r.startswith("a single unit")]
     assert len(reasons) == 2 and "is a model input" in reasons[0] and "is a model output" in reasons[1], reasons
     # The tiny search pruned something (the constraint admits any accuracy), and lowering removed it.
     assert report["compressed"]["macs"] < report["baseline"]["macs"]

@@ -52,7 +52,7 @@ CHANGES = {
     "train_data": "train.npz", "finetune_epochs": 3, "finetune_lr": 0.1, "finetune_batch_size": 64, "distill": True,
     "finetune_baseline": True, "measure_budget_s": 1.0, "no_measure": True, "resume": True, "overwrite": True,
     "debug": True, "out": "elsewhere", "command": "adans-compile ...", "rescore_top": 3,
-    "max_evaluations": 100,
+    "max_evaluations": 100, "candidates": "zeroed",
 }
 
 

@@ -40,4 +40,4 @@ def test_public_api():
         "read_journal",
     ):
         assert hasattr(search, name), name
-    assert search.SAMPLER_NAMES == ("gaussian", "uniform", "zoom", "genetic", "tpe", "cmaes")
+    assert search.SAMPLER_NAMES == ("gaussian", "uniform", "zoom", "genetic", "tpe", "cmaes", "adans")

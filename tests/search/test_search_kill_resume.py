@@ -14,6 +14,7 @@ SETTINGS = dict(sampler="gaussian", seed=7, dim=3, samples=5, iterations=10, low
 # The Optuna samplers rebuild their state from the history too: same guarantee.
 SAMPLERS = [
     "gaussian",
+    "adans",  # fits a surrogate on the history each iteration: rebuilt from the journal like the rest
     *(
         pytest.param(name, marks=pytest.mark.skipif(importlib.util.find_spec(module) is None,
                                                     reason=f"{module} is not installed (extra: optuna)"))

@@ -1,5 +1,8 @@
 """Sampling subroutines of AdaNS, one per module, and a registry by name.
 
+`adans` (samplers.surrogate) screens a pool of AdaNS-Gaussian proposals with
+a surrogate fitted on the history and evaluates the most promising.
+
 `tpe` and `cmaes` (samplers.optuna) need the optional extra `optuna`; they
 import it only when they propose, so importing this package stays light.
 """
@@ -9,16 +12,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from adans_toolchain.search.samplers.base import Sampler, SearchContext, apportion
+from adans_toolchain.search.samplers.base import Sampler, ScoreParts, SearchContext, apportion
 from adans_toolchain.search.samplers.gaussian import GaussianSampler
 from adans_toolchain.search.samplers.genetic import GeneticSampler
 from adans_toolchain.search.samplers.optuna import CmaEsSampler, TPESampler
+from adans_toolchain.search.samplers.surrogate import SurrogateSampler
 from adans_toolchain.search.samplers.uniform import UniformSampler
 from adans_toolchain.search.samplers.zoom import ZoomSampler
 
 _REGISTRY: dict[str, type[Sampler]] = {
     cls.name: cls
-    for cls in (GaussianSampler, UniformSampler, ZoomSampler, GeneticSampler, TPESampler, CmaEsSampler)
+    for cls in (
+        GaussianSampler, UniformSampler, ZoomSampler, GeneticSampler, TPESampler, CmaEsSampler, SurrogateSampler
+    )
 }
 SAMPLER_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
@@ -44,7 +50,9 @@ __all__ = [
     "GaussianSampler",
     "GeneticSampler",
     "Sampler",
+    "ScoreParts",
     "SearchContext",
+    "SurrogateSampler",
     "TPESampler",
     "UniformSampler",
     "ZoomSampler",

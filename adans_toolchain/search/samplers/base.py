@@ -19,10 +19,11 @@ import abc
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Hashable, Sequence
 
 import numpy as np
 
+from adans_toolchain.search.scoring import AdaNSScore
 from adans_toolchain.search.selection import good_set, utility
 
 
@@ -30,6 +31,30 @@ def _read_only(values: Any, dtype: type) -> np.ndarray:
     array = np.array(values, dtype=dtype)
     array.setflags(write=False)
     return array
+
+
+@dataclass(frozen=True)
+class ScoreParts:
+    """How f splits, for samplers that can use it: f(x) = score(accuracy(x), cost(x)).
+
+    The accuracy is the expensive part, measured by evaluating x; the cost is
+    exact and cheap (a cost model on the decoded plan), so a sampler may price
+    candidates it never evaluates. Optional: a search without it is unchanged,
+    and samplers that do not use it ignore it.
+
+    cost          (n, dim) points -> (n,) costs in `score`'s unit; deterministic.
+    score         the AdaNSScore that combines accuracy and cost into f.
+    accuracy_key  the key of each evaluation's info that holds its accuracy.
+    design_key    one point -> what identifies its design (the compiler: the
+                  plan's discrete states); points with equal keys have equal
+                  accuracy and cost, so one of them is all a search needs.
+                  None: every point is its own design.
+    """
+
+    cost: Callable[[np.ndarray], np.ndarray]
+    score: AdaNSScore
+    accuracy_key: str = "accuracy"
+    design_key: Callable[[np.ndarray], Hashable] | None = None
 
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compare fields explicitly
@@ -44,6 +69,8 @@ class SearchContext:
     iteration           the iteration being proposed.
     batch_size          b of Algorithm 1 (the loop's `samples`).
     alpha_max           cap on α_t.
+    score_parts         how f splits into accuracy and cost (None: f is a black box).
+    accuracies          with score_parts, the history's accuracies, aligned with xs.
 
     Arrays are read-only copies.
     """
@@ -58,6 +85,8 @@ class SearchContext:
     iteration: int
     batch_size: int
     alpha_max: float
+    score_parts: ScoreParts | None = None
+    accuracies: np.ndarray | None = None
 
     @classmethod
     def from_history(
@@ -71,10 +100,16 @@ class SearchContext:
         iteration: int,
         batch_size: int,
         alpha_max: float,
+        score_parts: ScoreParts | None = None,
+        accuracies: np.ndarray | None = None,
     ) -> "SearchContext":
         """Build the context, computing α_t and S_g by Algorithm 1."""
         lower = np.asarray(lower, dtype=np.float64)
         xs = np.asarray(xs, dtype=np.float64).reshape(-1, lower.size)
+        if (score_parts is None) != (accuracies is None):
+            raise ValueError("score_parts and the history's accuracies come together, or not at all")
+        if accuracies is not None and np.shape(accuracies) != (xs.shape[0],):
+            raise ValueError(f"{np.shape(accuracies)} accuracies for a history of {xs.shape[0]} samples")
         alpha, good = good_set(fs, batch_size, alpha_max)
         return cls(
             xs=_read_only(xs, np.float64),
@@ -87,6 +122,8 @@ class SearchContext:
             iteration=int(iteration),
             batch_size=int(batch_size),
             alpha_max=float(alpha_max),
+            score_parts=score_parts,
+            accuracies=None if accuracies is None else _read_only(accuracies, np.float64),
         )
 
     def at(self, iteration: int) -> "SearchContext":
@@ -107,6 +144,8 @@ class SearchContext:
             iteration=iteration,
             batch_size=self.batch_size,
             alpha_max=self.alpha_max,
+            score_parts=self.score_parts,
+            accuracies=None if self.accuracies is None else self.accuracies[keep],
         )
 
     @property
