@@ -46,19 +46,33 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "adans_toolchain" / "examples"
 RULES = {"exact": None, "0.99": 0.99, "0.999": 0.999}
 
 
-def _args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def candidate_arguments(doc: str, *, limit: int, limit_help: str, candidates: int, threads: int) -> argparse.ArgumentParser:
+    """The model, VAL and candidate options this benchmark shares with bench_evaluation_speed."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--model", default=str(EXAMPLES / "resnet20.th"))
     p.add_argument("--arch", default="cifar_resnet20")
     p.add_argument("--data", default=str(EXAMPLES / "cifar10_val_1000.npz"))
-    p.add_argument("--limit", type=int, default=1000, help="VAL images (the first N)")
-    p.add_argument("-n", "--candidates", type=int, default=40)
+    p.add_argument("--limit", type=int, default=limit, help=limit_help)
+    p.add_argument("-n", "--candidates", type=int, default=candidates)
     p.add_argument("--max-drop", type=float, default=2.0, help="threshold = baseline - this (points)")
     p.add_argument("--bn-recalibrate", type=int, default=500, help="calibration images per candidate (0: off)")
     p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=threads)
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    return p
+
+
+def _args(argv=None) -> argparse.Namespace:
+    return candidate_arguments(__doc__, limit=1000, limit_help="VAL images (the first N)", candidates=40, threads=1).parse_args(argv)
+
+
+def load_problem(args: argparse.Namespace):
+    """The model, its first --limit VAL images and its channel analysis, as both benchmarks build them."""
+    loaded = load_model(args.model, args.arch)
+    val = load_image_set(args.data, Preprocessing(), limit=args.limit)
+    shape = tuple(val.image_shape)
+    analysis = analyse_channels(Graph.from_model(export_onnx(loaded.module.eval(), shape), shape))
+    return loaded, val, analysis
 
 
 def _diagonal_scale(evaluator, space: CompressionSpace, threshold: float, rounds: int = 7) -> float:
@@ -91,10 +105,7 @@ def _timed(evaluator, plans, rule: EarlyRejection | None) -> tuple[np.ndarray, f
 def main(argv=None) -> None:
     args = _args(argv)
     torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, args.arch)
-    val = load_image_set(args.data, Preprocessing(), limit=args.limit)
-    shape = tuple(val.image_shape)
-    analysis = analyse_channels(Graph.from_model(export_onnx(loaded.module.eval(), shape), shape))
+    loaded, val, analysis = load_problem(args)
     transform = PlanTransform(analysis, original_weights(loaded.module, analysis))
     calibration = val.subset(args.bn_recalibrate) if args.bn_recalibrate else None
     evaluator = make_evaluator(loaded.module, val, transform, batch_size=args.batch_size, calibration=calibration,

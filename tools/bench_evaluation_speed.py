@@ -31,18 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adans_toolchain.analysis.channels import analyse_channels
-from adans_toolchain.analysis.graph import Graph
 from adans_toolchain.evaluation.base import ACCURACY, REJECTED
 from adans_toolchain.evaluation.rejection import EarlyRejection
 from adans_toolchain.evaluation.substitution import SubstitutionEvaluator, original_weights
-from adans_toolchain.frontend.data import Preprocessing, load_image_set
-from adans_toolchain.frontend.export import export_onnx
-from adans_toolchain.frontend.loading import load_model
 from adans_toolchain.plan import Plan
 from adans_toolchain.plan.space import CompressionSpace
 from adans_toolchain.transforms.plan_transform import PlanTransform
-from bench_early_rejection import EXAMPLES, boundary_candidates
+from bench_early_rejection import boundary_candidates, candidate_arguments, load_problem
 
 # name -> (slicing, precision, threads: None = --threads, early rejection)
 CONFIGS = {
@@ -54,18 +49,9 @@ CONFIGS = {
 
 
 def _args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=str(EXAMPLES / "resnet20.th"))
-    p.add_argument("--arch", default="cifar_resnet20")
-    p.add_argument("--data", default=str(EXAMPLES / "cifar10_val_1000.npz"))
-    p.add_argument("--limit", type=int, default=700, help="VAL images (the first N; the search ranks on 70 %% of 1,000)")
-    p.add_argument("-n", "--candidates", type=int, default=24)
+    p = candidate_arguments(__doc__, limit=700, limit_help="VAL images (the first N; the search ranks on 70 %% of 1,000)",
+                            candidates=24, threads=2)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--max-drop", type=float, default=2.0)
-    p.add_argument("--bn-recalibrate", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
@@ -87,10 +73,7 @@ def _evaluators(args, loaded, val, analysis, threshold: float) -> dict[str, Subs
 def main(argv=None) -> None:
     args = _args(argv)
     torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, args.arch)
-    val = load_image_set(args.data, Preprocessing(), limit=args.limit)
-    shape = tuple(val.image_shape)
-    analysis = analyse_channels(Graph.from_model(export_onnx(loaded.module.eval(), shape), shape))
+    loaded, val, analysis = load_problem(args)
     probe = SubstitutionEvaluator(loaded.module, val, PlanTransform(analysis, original_weights(loaded.module, analysis)),
                                   batch_size=args.batch_size)
     groups = analysis.prunable_groups

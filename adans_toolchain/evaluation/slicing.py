@@ -61,8 +61,11 @@ class ChannelSlicer:
         self._bindings_by_tensor = defaultdict(list)
         for b in analysis.bindings:
             self._bindings_by_tensor[b.tensor].append(b)
+        # Depthwise convolutions by input tensor: a candidate that slices the input sets their `groups`.
+        self._depthwise = [(node.input[0], conv) for node in analysis.graph.nodes
+                           if node.op_type == "Conv" and attributes(node).get("group", 1) > 1
+                           and (conv := self._depthwise_module(node)) is not None]
         self.zeroed_groups: dict[str, str] = {}
-        self.sliced_groups: frozenset[str] = frozenset()
         candidates = []
         for group in analysis.prunable_groups:
             reason = self._structural_reason(group)
@@ -70,7 +73,7 @@ class ChannelSlicer:
                 self.zeroed_groups[group.id] = reason
             else:
                 candidates.append(group.id)
-        self.sliced_groups = frozenset(candidates)
+        self.sliced_groups: frozenset[str] = frozenset(candidates)
 
     # -- what can be sliced ----------------------------------------------------
     def _structural_reason(self, group: ChannelGroup) -> str | None:
@@ -174,11 +177,8 @@ class ChannelSlicer:
         return axes
 
     def _depthwise_counts(self, kept: dict[str, np.ndarray]) -> list[tuple[nn.Module, int]]:
-        counts = []
-        for node in self.analysis.graph.nodes:
-            if node.op_type == "Conv" and node.input[0] in kept and attributes(node).get("group", 1) > 1:
-                counts.append((self._depthwise_module(node), len(kept[node.input[0]])))
-        return counts
+        # A grouped, non-depthwise convolution never reads a sliced tensor: `_structural_reason` keeps its group zeroed.
+        return [(module, len(kept[tensor])) for tensor, module in self._depthwise if tensor in kept]
 
     def _current(self, name: str) -> torch.Tensor:
         module, attr, kind = self._owners[name]

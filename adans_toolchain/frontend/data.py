@@ -192,6 +192,13 @@ def normalise_pixels(pixels: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     return _normalise_uint8_nhwc(pixels, prep)
 
 
+def check_labels_fit(what: str, labels, classes: int, fix: str) -> None:
+    """One line refusing labels outside the model's `classes` outputs (`what`: whose labels; `fix`: what to do)."""
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= classes:
+        raise DataError(f"{what} labels range over {lo}..{hi} but the model has {classes} outputs; {fix}")
+
+
 def load_image_set(
     path: str | Path, prep: Preprocessing, *, limit: int | None = None, explicit_normalisation: bool = False
 ) -> ImageSet:

@@ -47,7 +47,7 @@ import torch
 
 from adans_toolchain.errors import DataError
 from adans_toolchain.frontend.data import (
-    IMAGE_SUFFIXES, ImageSet, Preprocessing, image_pixels, load_image_set, normalise_pixels,
+    IMAGE_SUFFIXES, ImageSet, Preprocessing, check_labels_fit, image_pixels, load_image_set, normalise_pixels,
 )
 
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -389,11 +389,6 @@ def _check_classes_agree(sources: Sequence[_Source], label_offset: int) -> None:
 
 
 def _check_labels_fit(training: TrainingSet, classes: int | None) -> None:
-    if classes is None:
-        return
-    lo, hi = int(training.labels.min()), int(training.labels.max())
-    if lo < 0 or hi >= classes:
-        raise DataError(
-            f"training labels range over {lo}..{hi} but the model has {classes} outputs; "
-            "give training data of the model's classes (or --label-offset for models with a background class)"
-        )
+    if classes is not None:
+        check_labels_fit("training", training.labels, classes,
+                         "give training data of the model's classes (or --label-offset for models with a background class)")

@@ -58,7 +58,7 @@ from adans_toolchain.evaluation.rejection import EarlyRejection
 from adans_toolchain.evaluation.substitution import original_weights
 from adans_toolchain.evaluation.executors import EvaluatorSpec, make_executor
 from adans_toolchain.fileio import atomic_write_bytes, atomic_write_text
-from adans_toolchain.frontend.data import IMAGENET_MEAN, IMAGENET_STD, ImageSet, Preprocessing, load_image_set
+from adans_toolchain.frontend.data import IMAGENET_MEAN, IMAGENET_STD, ImageSet, Preprocessing, check_labels_fit, load_image_set
 from adans_toolchain.frontend.export import export_onnx
 from adans_toolchain.frontend.loading import load_model
 from adans_toolchain.frontend.onnx_model import check_onnx_runs_on
@@ -187,14 +187,8 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
         graph = Graph.from_model(onnx_model, val.image_shape)
     classes = graph.shapes[graph.output_names[0]][-1]
     for name, data in (("VAL", val), ("TEST", test)):
-        if data is None:
-            continue
-        lo, hi = int(data.y.min()), int(data.y.max())
-        if lo < 0 or hi >= classes:
-            raise DataError(
-                f"{name} labels range over {lo}..{hi} but the model has {classes} outputs; "
-                "fix the labels (or --label-offset for models with a background class)"
-            )
+        if data is not None:
+            check_labels_fit(name, data.y, classes, "fix the labels (or --label-offset for models with a background class)")
     with failures_named(f"analysing the channel groups of {cfg.model}", _ANALYSIS_ADVICE):
         analysis = analyse_channels(graph)
     train = _training_data(cfg, prep, val.image_shape, classes, progress) if cfg.finetune_epochs else None

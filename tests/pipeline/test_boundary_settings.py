@@ -1,13 +1,11 @@
 """The boundary's settings: --boundary-rounds and --boundary-groups bound its cost, and a run directory written
 before they bounded it (its boundary was computed another way) is refused on resume with one line."""
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
 from adans_toolchain.errors import ConfigError, SearchStateError
-from adans_toolchain.pipeline.config import RESUMABLE_SETTINGS, CompileConfig
+from adans_toolchain.pipeline.config import CompileConfig
 from adans_toolchain.pipeline.workspace import Workspace
 from adans_toolchain.search.boundary import DIAGONAL_ROUNDS, max_boundary_evaluations
 
@@ -30,14 +28,8 @@ def test_a_boundary_setting_out_of_range_is_one_clear_error(bad):
         make(**bad)
 
 
-@pytest.mark.parametrize("change", [{"boundary_rounds": 3}, {"boundary_groups": 12}])
-def test_the_boundary_settings_change_the_search_so_a_resume_compares_them(tmp_path, change):
-    assert not set(change) & RESUMABLE_SETTINGS
-    first = make()
-    Workspace.open(tmp_path, first.resume_key(), resume=False, overwrite=False)
-    (name,) = change
-    with pytest.raises(SearchStateError, match=f"cannot resume: '{name}' was"):
-        Workspace.open(tmp_path, replace(first, **change).resume_key(), resume=True, overwrite=False)
+# That a changed --boundary-rounds or --boundary-groups stops a resume is in test_config's
+# test_any_other_change_stops_a_resume, beside every other setting that changes the search.
 
 
 def test_a_run_from_before_the_grouped_boundary_is_not_resumed(tmp_path):

@@ -69,12 +69,13 @@ def test_a_resumable_setting_may_change_on_resume(tmp_path, name):
 
 @pytest.mark.parametrize("change", [{"seed": 1}, {"samples": 20}, {"methods": ("d", "ps")}, {"round_to": 8},
                                     {"cost": "memory"}, {"max_accuracy_drop": 1.0}, {"val_limit": 100},
-                                    {"holdout": 0.0}])
+                                    {"holdout": 0.0}, {"boundary_rounds": 3}, {"boundary_groups": 12}])
 def test_any_other_change_stops_a_resume(tmp_path, change):
+    assert not set(change) & RESUMABLE_SETTINGS
     first = make()
     Workspace.open(tmp_path, first.resume_key(), resume=False, overwrite=False)
     (name,) = change
-    with pytest.raises(SearchStateError, match=f"'{name}' was"):
+    with pytest.raises(SearchStateError, match=f"cannot resume: '{name}' was"):
         Workspace.open(tmp_path, replace(first, **change).resume_key(), resume=True, overwrite=False)
 
 
