@@ -1,7 +1,9 @@
 """Memory footprint: weight bytes as stored plus peak activation bytes as executed.
 
 Weights count at their bit width; an unstructured-sparse weight is stored in
-whichever of dense or bitmask + non-zero values is smaller. A BatchNorm that
+whichever of dense or bitmask + non-zero values is smaller. A quantized
+weight (fewer than 32 bits) also stores a float32 scale and an integer zero
+point per output channel, and its bias as int32 (see precision.py). A BatchNorm that
 follows a Conv is folded into it (one bias per output channel), exactly as
 the emitted model stores it, so the search graph and the emitted graph have
 the same footprint (see `kernels.executed_kernels`).
@@ -26,7 +28,9 @@ from .base import CostModel, register
 from .kernels import Kernel, element_bytes, executed_kernels
 from .workload import Workload, batch_of
 
-BIAS_BITS = 32  # biases stay full precision when weights are quantised
+BIAS_BITS = 32  # biases stay full precision when weights are quantised (int32 with integer weights)
+SCALE_BYTES = 4  # float32 scale per output channel of a quantized weight
+ZERO_POINT_BYTES = 1  # and its zero point, one integer of the weight's width (int8)
 
 
 def weight_storage_bytes(elements: int, bits: int, sparsity: float) -> int:
@@ -39,10 +43,23 @@ def weight_storage_bytes(elements: int, bits: int, sparsity: float) -> int:
     return min(dense, bitmask)
 
 
+def quantization_parameter_bytes(kernel: Kernel) -> int:
+    """Per-output-channel scale and zero point of a quantized weight; 0 for a float one."""
+    a = kernel.anchor
+    if a.weight_bits >= 32 or not a.weight_shape:
+        return 0
+    if a.op_type in ("Conv", "ConvTranspose"):
+        channels = a.output_shape[1]
+    else:  # Gemm / MatMul: one per output feature
+        channels = a.output_shape[-1]
+    return int(channels) * (SCALE_BYTES + ZERO_POINT_BYTES)
+
+
 def kernel_weight_bytes(kernel: Kernel) -> int:
     weights, bias = kernel.weight_elements()
     a = kernel.anchor
-    return weight_storage_bytes(weights, a.weight_bits, a.weight_sparsity) + ceil(bias * BIAS_BITS / 8)
+    return (weight_storage_bytes(weights, a.weight_bits, a.weight_sparsity) + ceil(bias * BIAS_BITS / 8)
+            + quantization_parameter_bytes(kernel))
 
 
 def peak_activation_bytes(kernels: Sequence[Kernel]) -> int:

@@ -21,7 +21,7 @@ LAYERS = [
     {"transforms"},
     {"evaluation"},
     {"lowering"},
-    {"finetune", "profiling"},
+    {"finetune", "profiling", "quantization"},
     {"reporting"},
     {"pipeline"},
     {"cli"},

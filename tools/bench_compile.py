@@ -11,12 +11,23 @@ Suites (each job is one real compile; a killed job resumes where it stopped):
   finetune       ResNet-56: search at a low threshold, then fine-tune     (issue 8)
   search         ResNet-56: one-rate rule and the default search against TPE and CMA-ES,
                  250 paid evaluations each, both threads                  (issue 13)
+  samplers       ResNet-56: every sampler (gaussian, adans, tpe, cmaes) with three seeds on the
+                 search suite's objective and budget, to choose the default (issue 13)
+  recovery       ResNet-56: the whole pipeline at scale, searched toward a small budget and
+                 fine-tuned on 50,000 JPEG + 3,000 pixel-exact training images with
+                 distillation, the baseline fine-tuned the same way        (issue 14)
 
     python tools/bench_compile.py --suite spine            # run (or resume) the jobs
     python tools/bench_compile.py --suite spine --write-md # render BENCHMARKS.md section
 
+    python tools/bench_compile.py --suite samplers --device cuda --parallel 4   # on a GPU machine
+
 Data: ../shared/data (CIFAR-10 lossless images and ResNet weights; ImageNet
-val_1300 converted by tools/prepare_imagenet.py into runs/data/).
+val_1300 converted by tools/prepare_imagenet.py into runs/data/), or the folder
+ADANS_BENCH_DATA names (the same layout; `cifar10/train_jpeg.tar` may be gzipped,
+`train_jpeg.tar.gz`, to travel to a GPU machine). `--device cuda` evaluates and
+fine-tunes on the GPU, skips the host speed measurement (that machine is not the
+target), and keeps its runs apart (runs/bench_compile/<suite>-cuda/).
 """
 
 from __future__ import annotations
@@ -31,11 +42,16 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = Path(os.environ.get("ADANS_BENCH_DATA", ROOT.parent / "shared" / "data")).resolve()
 RUNS = ROOT / "runs" / "bench_compile"
+DERIVED = ROOT / "runs" / "data"
 CIFAR_VAL = ["--data", f"{SHARED}/cifar10/train_lossless_4000.npz", "--val-limit", "1000",
              "--test-data", f"{SHARED}/cifar10/test_lossless_1017.npz"]
 RESNET56 = [f"{SHARED}/cifar10_resnets/resnet56.th", "--arch", "cifar_resnet56", *CIFAR_VAL]
@@ -118,32 +134,94 @@ SUITES: dict[str, dict[str, list[str]]] = {
                                  "--train-data", f"{SHARED}/cifar10/train_lossless_4000.npz", "--finetune-epochs", "6",
                                  "--distill"],
     },
+    # The search suite's objective and budget for every sampler, three seeds each: what the default rests on.
+    "samplers": {
+        f"resnet56-{sampler}-seed{seed}": [*RESNET56, "--methods", "ps", "--max-accuracy-drop", "2", "--samples", "16",
+                                           "--iterations", "16", "--bn-recalibrate", "256", "--max-evaluations", "250",
+                                           "--sampler", sampler, "--seed", str(seed), "--threads", "2"]
+        for sampler in ("gaussian", "adans", "tpe", "cmaes") for seed in (0, 1, 2)
+    },
 }
+
+
+def _train_jpeg() -> str:
+    """The 50,000 JPEG training images, plain or gzipped (a GPU machine gets the smaller copy)."""
+    plain = SHARED / "cifar10" / "train_jpeg.tar"
+    return str(plain if plain.exists() else plain.with_suffix(".tar.gz"))
+
+
+def _train_lossless_outside_val() -> str:
+    """Pixel-exact training images 1,000-3,999: the 4,000 minus the 1,000 the benchmarks use as VAL."""
+    path = DERIVED / "cifar10_train_lossless_1000_3999.npz"
+    if not path.exists():
+        source = np.load(SHARED / "cifar10" / "train_lossless_4000.npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, x=source["x"][1000:], y=source["y"][1000:])
+    return str(path)
+
+
+def _recovery_suite() -> dict[str, list[str]]:
+    """Issue 14 at scale: a large allowance for the search, fine-tuning with distillation to recover it."""
+    train = ["--train-data", f"{_train_lossless_outside_val()},{_train_jpeg()}", "--distill", "--finetune-baseline",
+             "--finetune-batch-size", "256", "--finetune-lr", "0.05", "--round-to", "8"]
+    search = [*RESNET56, "--methods", "ps", "--samples", "16", "--iterations", "10", "--bn-recalibrate", "256"]
+    return {
+        "resnet56-oneshot": [*search, "--max-accuracy-drop", "15", *train, "--finetune-epochs", "30"],
+        "resnet56-rounds3": [*search, "--max-accuracy-drop", "6", *train, "--rounds", "3", "--round-epochs", "6",
+                             "--finetune-epochs", "20"],
+    }
+
+
+SUITE_BUILDERS = {"recovery": _recovery_suite}
 
 
 # Jobs whose search is another job's: they start from a copy of it and only re-report.
 SEED_FROM = {("latency", "resnet56-macs"): ("spine", "resnet56-ps"), ("decomposition", "resnet56-ps"): ("spine", "resnet56-ps")}
 
 
+def suite_jobs(suite: str) -> dict[str, list[str]]:
+    return SUITE_BUILDERS[suite]() if suite in SUITE_BUILDERS else SUITES[suite]
+
+
 def _job_dir(suite: str, name: str) -> Path:
     return RUNS / suite / name
 
 
-def run_job(suite: str, name: str, argv: list[str]) -> Path:
+def _adans_compile() -> list[str]:
+    """The adans of this interpreter: its console script, or the module where the project is not installed."""
+    exe = Path(sys.executable).parent / "adans-compile"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "adans_toolchain.cli.compile"]
+
+
+def on_device(argv: list[str], device: str) -> list[str]:
+    """A job's command for DEVICE: on a GPU the host speed is not the target's, so it is not measured."""
+    return argv if device == "cpu" else [*argv, "--device", device, "--no-measure"]
+
+
+def run_job(suite: str, name: str, argv: list[str], deadline: float | None = None) -> Path:
     out = _job_dir(suite, name)
     source = SEED_FROM.get((suite, name))
     if source and not out.exists() and (_job_dir(*source) / "report.json").exists():
         shutil.copytree(_job_dir(*source), out)
         (out / "report.json").unlink()
-    exe = str(Path(sys.executable).parent / "adans-compile")  # the adans of this interpreter
     resume = ["--resume"] if (out / "config.json").exists() else []
     if (out / "report.json").exists():
         return out
-    cmd = [exe, *argv, "-o", str(out), *resume]
+    cmd = [*_adans_compile(), *argv, "-o", str(out), *resume]
     out.parent.mkdir(parents=True, exist_ok=True)
     print("$", shlex.join(cmd), flush=True)
+    left = None if deadline is None else deadline - time.monotonic()
+    if left is not None and left <= 0:
+        return out
     with open(out.parent / f"{name}.log", "a") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=left,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+        except subprocess.TimeoutExpired:
+            print(f"job {suite}/{name} stopped at the deadline (resumable)", flush=True)
+            return out
+    if done.returncode:
+        print(f"job {suite}/{name} failed (exit {done.returncode}); see {out.parent / f'{name}.log'}", flush=True)
     return out
 
 
@@ -204,10 +282,10 @@ def render_search(rows: list) -> list[str]:
     ]
 
 
-def render(suite: str) -> str:
+def render(suite: str, runs_of: str) -> str:
     rows = []
-    for name, argv in SUITES[suite].items():
-        report = _job_dir(suite, name) / "report.json"
+    for name, argv in suite_jobs(suite).items():
+        report = _job_dir(runs_of, name) / "report.json"
         if report.exists():
             r = json.loads(report.read_text())
             source = SEED_FROM.get((suite, name))
@@ -231,17 +309,17 @@ def render(suite: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_row(name, r) for name, _, r in rows]
-    if suite == "search":
+    if suite in ("search", "samplers"):
         lines += ["", *render_search(rows)]
     lines += ["", "Commands:", ""]
     lines += [f"- `{name}`: `{r['command']}`" for name, _, r in rows]
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(suite: str, heading: str) -> None:
+def write_markdown(suite: str, heading: str, runs_of: str) -> None:
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"## {heading}\n\n" + render(suite)
+    section = f"## {heading}\n\n" + render(suite, runs_of)
     pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     path.write_text(text)
@@ -254,21 +332,29 @@ HEADINGS = {
     "finetune": "Accuracy recovery (issue 8)",
     "latency": "Latency-driven vs MACs-driven search (issue 5)",
     "search": "The search against the one-rate rule, TPE and CMA-ES (issue 13)",
+    "samplers": "Samplers on ResNet-56, three seeds each (issue 13)",
+    "recovery": "The whole pipeline at scale: search and fine-tuning (issue 14)",
 }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--suite", choices=sorted(SUITES), required=True)
+    p.add_argument("--suite", choices=sorted([*SUITES, *SUITE_BUILDERS]), required=True)
     p.add_argument("--jobs", nargs="*", help="only these jobs of the suite")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where every job evaluates and fine-tunes")
+    p.add_argument("--parallel", type=int, default=1, help="jobs run at once (on a GPU machine; never for CPU timings)")
+    p.add_argument("--deadline", type=float, help="stop every job still running after this many seconds")
     p.add_argument("--write-md", action="store_true", help="render the suite's section of BENCHMARKS.md and exit")
     args = p.parse_args()
+    deadline = None if args.deadline is None else time.monotonic() + args.deadline
+    runs_of = args.suite if args.device == "cpu" else f"{args.suite}-{args.device.split(':')[0]}"
     if args.write_md:
-        write_markdown(args.suite, HEADINGS[args.suite])
+        write_markdown(args.suite, HEADINGS[args.suite] + ("" if args.device == "cpu" else f", on {args.device}"), runs_of)
         return
-    for name, argv in SUITES[args.suite].items():
-        if not args.jobs or name in args.jobs:
-            run_job(args.suite, name, argv)
+    jobs = [(name, on_device(argv, args.device)) for name, argv in suite_jobs(args.suite).items()
+            if not args.jobs or name in args.jobs]
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        list(pool.map(lambda job: run_job(runs_of, *job, deadline=deadline), jobs))
 
 
 if __name__ == "__main__":

@@ -155,6 +155,9 @@ def _print_summary(report: dict, out: Path) -> None:
     if "top1_test" in b:
         line += f", TEST {b['top1_test']:.2f} -> {c['top1_test']:.2f} %"
     line += f"; MACs {c['macs'] / b['macs']:.1%} of baseline (theoretical {s['theoretical']:.2f}x)"
+    rounds = report.get("rounds")
+    if rounds:  # --rounds: the MACs each round reached, of the baseline's
+        line += f" after {len(rounds)} rounds (" + " -> ".join(f"{r['macs_ratio']:.1%}" for r in rounds) + ")"
     m = s.get("measured_host")
     if m:
         line += "; measured " + ", ".join(f"{v['speedup']:.2f}x @ batch {k.removeprefix('batch_')}" for k, v in m.items() if k.startswith("batch_"))
@@ -162,7 +165,22 @@ def _print_summary(report: dict, out: Path) -> None:
     rule = report["search"].get("one_rate_rule")
     if rule:
         print(_one_rate_line(rule))
+    if "int8" in report:
+        print(_int8_line(report["int8"], out))
     print(f"model: {out / 'model.onnx'}\nreport: {out / 'report.md'}")
+
+
+def _int8_line(q: dict, out: Path) -> str:
+    """--quantize int8: the int8 model beside the float one."""
+    split = "test" if "test" in q["top1"] else "val"
+    t = q["top1"][split]
+    line = (f"int8: {out / 'model_int8.onnx'}, file {q['file_ratio']:.1%} of model.onnx, top-1 {split.upper()} "
+            f"{t['float']:.2f} -> {t['int8']:.2f} %")
+    m = q.get("measured")
+    if m:
+        line += "; measured " + ", ".join(f"{v['int8_speedup']:.2f}x @ batch {k.removeprefix('batch_')}"
+                                          for k, v in m.items() if k.startswith("batch_")) + " over the baseline"
+    return line
 
 
 def _one_rate_line(rule: dict) -> str:

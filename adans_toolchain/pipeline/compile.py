@@ -47,6 +47,7 @@ from adans_toolchain.search.boundary import (
 from adans_toolchain.search.holdout import choose_on_holdout, holdout_threshold, split_holdout, top_distinct
 from adans_toolchain.search.types import Evaluation, SearchResult
 from adans_toolchain.pipeline.config import CompileConfig
+from adans_toolchain.pipeline.int8 import emit_int8
 from adans_toolchain.pipeline.costing import predicted_latency, report_latency_model, search_cost_model
 from adans_toolchain.finetune.emit import finetune_model
 from adans_toolchain.lowering.emit import Emitted, lower_plan, simplify
@@ -265,12 +266,18 @@ def compile_model(cfg: CompileConfig, progress: Progress | None = None) -> dict:
     return report
 
 
-def _compile(cfg: CompileConfig, progress: Progress, ws: Workspace) -> dict:
+def _compile(cfg: CompileConfig, progress: Progress, ws: Workspace, stage=None) -> dict:
+    """One compile; with --rounds > 1, the rounds (pipeline/rounds.py), each a call of this with its `stage`
+    (a rounds.RoundStage: the round's starting model, the original model, the round's fine-tuning)."""
+    if stage is None and cfg.rounds > 1:
+        from adans_toolchain.pipeline.rounds import compile_rounds
+
+        return compile_rounds(cfg, progress, ws)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     methods = cfg.canonical_methods  # the config validated itself when it was built
     torch.manual_seed(cfg.seed)
-    inputs = _load_inputs(cfg, progress)
+    inputs = _load_inputs(cfg, progress) if stage is None else stage.inputs
     analysis = inputs.analysis
     cost_model = search_cost_model(cfg.cost, inputs.target, cfg.lut)
     transform = PlanTransform(analysis, original_weights(inputs.module, analysis))
@@ -283,8 +290,11 @@ def _compile(cfg: CompileConfig, progress: Progress, ws: Workspace) -> dict:
     baseline_val = float(evaluator.accuracy([identity])[0])
     timings["baseline_evaluation_s"] = time.perf_counter() - start
     drop = cfg.max_accuracy_drop if cfg.accuracy_threshold is None else None
-    threshold = cfg.accuracy_threshold if cfg.accuracy_threshold is not None else baseline_val - (DEFAULT_MAX_DROP if drop is None else drop)
-    if threshold > baseline_val:
+    # --rounds: every round's threshold is measured against the original model (round 1's baseline), never
+    # against the round's own starting model, so rounds cannot drift downward.
+    reference_val = baseline_val if stage is None or stage.reference is None else stage.reference.search_val
+    threshold = cfg.accuracy_threshold if cfg.accuracy_threshold is not None else reference_val - (DEFAULT_MAX_DROP if drop is None else drop)
+    if threshold > reference_val:
         raise InputError(
             f"the accuracy threshold {threshold:.2f}% is above the baseline's own {baseline_val:.2f}% on VAL; "
             "lower --accuracy-threshold (or use --max-accuracy-drop)"
@@ -292,7 +302,7 @@ def _compile(cfg: CompileConfig, progress: Progress, ws: Workspace) -> dict:
     # Known only now; set before the executor is made, whose remote workers copy it (issue 13).
     evaluator.early_rejection = EarlyRejection.from_setting(cfg.early_rejection, threshold)
     # One image's worth of accuracy is the smallest meaningful floor.
-    floor = cfg.accuracy_floor or max(baseline_val - threshold, 100.0 / len(inputs.search_val))
+    floor = cfg.accuracy_floor or max(reference_val - threshold, 100.0 / len(inputs.search_val))
     timings["load_export_analyse_s"] = time.perf_counter() - t0
     progress.step(
         f"baseline top-1 on {_searched(inputs)} {baseline_val:.2f}%; threshold {threshold:.2f}%; "
@@ -305,6 +315,11 @@ def _compile(cfg: CompileConfig, progress: Progress, ws: Workspace) -> dict:
         raise InputError(f"nothing in this model can be compressed with {', '.join(methods)} ({reasons})")
 
     baseline_cost = _baseline_cost(inputs, cost_model, identity)
+    # --rounds: costs, like accuracies, are scored against the original model, so every round optimises the same
+    # score and its cost ratios are of the original's cost.
+    reference_cost = baseline_cost if stage is None or stage.round == 1 else _baseline_cost(stage.original, cost_model, stage.original_identity)
+    if stage is not None:
+        stage = dataclasses.replace(stage, start_accuracy=baseline_val, start_cost=baseline_cost)
     if cfg.executor != "local" and not evaluator.distributable:
         raise ConfigError(f"--executor {cfg.executor} distributes PyTorch models; an ONNX model is evaluated with --executor local")
     ws.create()
@@ -320,17 +335,22 @@ def _compile(cfg: CompileConfig, progress: Progress, ws: Workspace) -> dict:
     space = CompressionSpace.from_priorities(
         groups, priorities, identity.model_fingerprint, round_to=cfg.round_to, extra_sites=extra_sites
     )
-    score = AdaNSScore(baseline_val, baseline_cost, threshold, floor)
+    score = AdaNSScore(reference_val, reference_cost, threshold, floor)
     cache = EvaluationCache(ws.state / "evaluations.jsonl")
     executor = make_executor(
         cfg.executor, evaluator, lambda: _evaluator_spec(inputs, transform, cfg, _resolved_precision(evaluator)),
         workers=cfg.workers, ray_address=cfg.ray_address,
     )
-    run = _Run(cfg, inputs, evaluator, executor, transform, space, cost_model, score, cache, ws, identity, progress, timings, t0)
+    run = _Run(cfg, inputs, evaluator, executor, transform, space, cost_model, score, cache, ws, identity, progress, timings, t0,
+               stage=stage)
     try:
-        search = SearchOutcome(*_search(run))
-        notes = tuple(evaluator.notes)
-        selected = _select_plan(run, search.result)
+        if stage is not None and baseline_val < threshold:  # a later round that starts below the threshold
+            search, selected = _unsearched(run)
+            notes = tuple(evaluator.notes)
+        else:
+            search = SearchOutcome(*_search(run))
+            notes = tuple(evaluator.notes)
+            selected = _select_plan(run, search.result)
         return _emit(run, search, selected, notes)
     finally:
         executor.close()
@@ -381,6 +401,30 @@ class _Run:
     progress: Progress
     timings: dict[str, float]
     t0: float
+    stage: object = None  # --rounds: the round's rounds.RoundStage; None: a compile of one round
+
+
+def _start_cost_ratio(run: _Run) -> float:
+    """The search's starting model's cost as a fraction of the score's baseline cost: 1, but for a later
+    round of --rounds, whose score is against the original model."""
+    stage = run.stage
+    return 1.0 if stage is None or stage.start_cost is None else stage.start_cost / run.score.baseline_cost
+
+
+def _unsearched(run: _Run) -> tuple["SearchOutcome", "SelectedPlan"]:
+    """A later round (--rounds) whose starting model is already below the threshold: nothing pruned from it can
+    meet the threshold (the boundary and the one-rate rule assume its starting point feasible), so it searches
+    nothing, keeps its starting model and fine-tunes it again."""
+    stage, dim = run.stage, run.space.dim
+    where = _searched(run.inputs)
+    note = (f"round {stage.round}: its starting model (round {stage.round - 1}'s fine-tuned model) scores "
+            f"{stage.start_accuracy:.2f}% on {where}, below the threshold {run.score.accuracy_threshold:.2f}%, so this "
+            "round searched nothing and fine-tuned that model again")
+    run.progress.step(note)
+    stats = {"evaluated": 0, "cached": 0, "eval_seconds": 0.0, "executor": run.executor.describe(),
+             "precision": run.evaluator.precision, "images": 0, "rejected": 0}
+    outcome = SearchOutcome(Boundary(np.zeros(dim), 0.0, 0, []), SearchResult(np.zeros(dim), 0.0, {}, [], []), stats)
+    return outcome, SelectedPlan(None, run.identity, (note,))
 
 
 def _search(run: _Run):
@@ -461,9 +505,11 @@ def _one_rate_facts(run: _Run, rule: OneRate, variant: str, *, evaluations: int)
     macs = [workload_macs(w) for w in plan_workloads(inputs.analysis, [run.identity, plan])]
     # Rate 0 is the baseline: its TEST accuracy is the baseline model's, reported under Result.
     test = evaluator.accuracy_on(plan, inputs.test) if inputs.test is not None and rule.rate else None
+    stage = run.stage  # --rounds: MACs of the original model's; rate 0 is the round's starting model
+    start = run.score.baseline_accuracy if stage is None or stage.start_accuracy is None else stage.start_accuracy
     return OneRateFacts(
-        rate=rule.rate, macs_ratio=macs[1] / macs[0], cost_ratio=_plan_cost(run, plan),
-        top1_val=run.score.baseline_accuracy if rule.accuracy is None else rule.accuracy,
+        rate=rule.rate, macs_ratio=macs[1] / (macs[0] if stage is None else stage.original_macs), cost_ratio=_plan_cost(run, plan),
+        top1_val=start if rule.accuracy is None else rule.accuracy,
         top1_test=None if test is None else float(test), bn_recalibrated=evaluator.recalibrates(plan),
         evaluations=evaluations, complete=rule.complete, variant=variant,
     )
@@ -650,7 +696,7 @@ def _select_plan(run: _Run, result: SearchResult) -> SelectedPlan:
     if best is None:
         return _baseline_on_holdout(run, SelectedPlan(
             None, identity, ("no candidate met the accuracy threshold; the emitted model is the uncompressed baseline",)))
-    if best.info["cost_ratio"] >= 1.0:
+    if best.info["cost_ratio"] >= _start_cost_ratio(run):
         # Possible with a latency cost: channel counts off the runtime's SIMD blocking
         # can make every pruned candidate slower than the original.
         return _baseline_on_holdout(run, SelectedPlan(None, identity, (
@@ -660,7 +706,7 @@ def _select_plan(run: _Run, result: SearchResult) -> SelectedPlan:
         )))
     if run.inputs.holdout is None:
         return SelectedPlan(best, run.space.decode(best.x))
-    return _select_on_holdout(run, [e for e in feasible if e.info["cost_ratio"] < 1.0])
+    return _select_on_holdout(run, [e for e in feasible if e.info["cost_ratio"] < _start_cost_ratio(run)])
 
 
 HOLDOUT_CACHE = "holdout_evaluations.jsonl"  # in OUT/state; valid for one split (--holdout, --seed, VAL: not resumable)
@@ -676,6 +722,22 @@ def _holdout_accuracies(run: _Run, plans: list[tuple[str, Plan]]) -> list[float]
     return [float(cache.get(key)["accuracy"]) for key, _ in plans]
 
 
+def _reference_holdout(run: _Run, own: float) -> float:
+    """The baseline accuracy the holdout threshold is measured from: the search's starting model's own (`own`),
+    but in a later round of --rounds the original model's, as on SEARCH-VAL."""
+    stage = run.stage
+    if stage is None or stage.reference is None or stage.reference.holdout is None:
+        return own
+    return stage.reference.holdout
+
+
+def _start_accuracy(run: _Run) -> float:
+    """The search's starting model on the images it scores (what is emitted when no plan is): the score's
+    baseline, but in a later round of --rounds (whose score is the original's) the round's starting model."""
+    stage = run.stage
+    return run.score.baseline_accuracy if stage is None or stage.start_accuracy is None else stage.start_accuracy
+
+
 def _allowed_drop(run: _Run) -> float:
     """The accuracy drop the constraint allows, in points (an absolute threshold allows its distance to the baseline)."""
     cfg, score = run.cfg, run.score
@@ -689,7 +751,7 @@ def _holdout_facts(run: _Run, baseline: float, threshold: float, candidates: tup
     inputs = run.inputs
     return HoldoutSelection(
         fraction=run.cfg.holdout, search_images=len(inputs.search_val), holdout_images=len(inputs.holdout),
-        rescore_top=run.cfg.rescore_top, baseline_search_accuracy=run.score.baseline_accuracy,
+        rescore_top=run.cfg.rescore_top, baseline_search_accuracy=_start_accuracy(run),
         baseline_holdout_accuracy=baseline, search_threshold=run.score.accuracy_threshold, holdout_threshold=threshold,
         candidates=candidates, outcome=outcome,
         calibration_from_search_part=inputs.calibration is not None and not run.cfg.calibration_data,
@@ -701,7 +763,7 @@ def _baseline_on_holdout(run: _Run, selected: SelectedPlan) -> SelectedPlan:
     if run.inputs.holdout is None:
         return selected
     (baseline,) = _holdout_accuracies(run, [("baseline", run.identity)])
-    threshold = holdout_threshold(baseline, allowed_drop=_allowed_drop(run), absolute=run.cfg.accuracy_threshold)
+    threshold = holdout_threshold(_reference_holdout(run, baseline), allowed_drop=_allowed_drop(run), absolute=run.cfg.accuracy_threshold)
     return dataclasses.replace(selected, selection=_holdout_facts(run, baseline, threshold, (), "baseline"))
 
 
@@ -718,8 +780,9 @@ def _select_on_holdout(run: _Run, feasible: list[Evaluation]) -> SelectedPlan:
     run.progress.step(f"re-scoring the {len(candidates)} best feasible plans on the {len(holdout)} held-back VAL images")
     baseline, *accuracies = _holdout_accuracies(
         run, [("baseline", run.identity)] + [(keys[i], space.decode(feasible[i].x)) for i in top])
+    reference = _reference_holdout(run, baseline)  # --rounds: the original model's, in every round
     drop = _allowed_drop(run)
-    choice = choose_on_holdout(accuracies, [e.info["cost"] for e in candidates], run.score, baseline_holdout=baseline,
+    choice = choose_on_holdout(accuracies, [e.info["cost"] for e in candidates], run.score, baseline_holdout=reference,
                                allowed_drop=drop, absolute_threshold=cfg.accuracy_threshold)
     rescored = tuple(
         RescoredPlan(search_rank=i + 1, iteration=e.iteration, search_accuracy=float(e.info["accuracy"]),
@@ -730,7 +793,7 @@ def _select_on_holdout(run: _Run, feasible: list[Evaluation]) -> SelectedPlan:
     selection = _holdout_facts(run, baseline, choice.score.accuracy_threshold, rescored, choice.outcome)
     where = f"the {len(holdout)} held-back VAL images"
     threshold = f"{choice.score.accuracy_threshold:.2f}%" + (
-        "" if cfg.accuracy_threshold is not None else f" (the baseline's {baseline:.2f}% there less {drop:g} points)")
+        "" if cfg.accuracy_threshold is not None else f" (the baseline's {reference:.2f}% there less {drop:g} points)")
     if choice.chosen is None:
         return SelectedPlan(None, run.identity, (
             f"none of the {len(rescored)} best plans of the search met the accuracy threshold {threshold} on {where} "
@@ -760,12 +823,19 @@ def _emit(run: _Run, search: SearchOutcome, selected: SelectedPlan, evaluator_no
     """Lower, validate, measure (and fine-tune if asked) the chosen plan; write OUT and the report."""
     cfg, inputs, evaluator, progress, timings = run.cfg, run.inputs, run.evaluator, run.progress, run.timings
     plan = selected.plan
+    # --rounds: baseline.onnx, MACs, the layer and group tables and the predicted latency are of the original
+    # model, and the plan they read is the composition of every round's so far (`stage.compose`).
+    stage = run.stage
+    original = inputs if stage is None else stage.original
     progress.step("lowering the best plan and validating it numerically")
     t = time.perf_counter()
     models = EmittedModels(
-        simplify(inputs.onnx_model),
+        simplify(original.onnx_model) if stage is None else stage.baseline_onnx,
         lower_plan(inputs.onnx_model, inputs.analysis, plan, run.transform, evaluator, inputs.val.x, threads=inputs.threads),
     )
+    report_plan, report_identity = plan, run.identity
+    if stage is not None:
+        report_plan, report_identity = stage.compose(plan, inputs.analysis, models.compressed.pre_simplify), stage.original_identity
     timings["lower_validate_s"] = time.perf_counter() - t
 
     progress.step("measuring accuracy of the emitted ONNX models")
@@ -773,11 +843,11 @@ def _emit(run: _Run, search: SearchOutcome, selected: SelectedPlan, evaluator_no
     finetuned = None
     if cfg.finetune_epochs:
         t = time.perf_counter()
-        finetuned = _finetune(cfg, inputs, models, run.ws, progress, accuracies)
+        finetuned = _finetune(cfg, inputs, models, run.ws, progress, accuracies, stage=stage)
         models, accuracies = finetuned.models, finetuned.accuracies
         timings["finetune_s"] = time.perf_counter() - t
     measured = None
-    if not cfg.no_measure:
+    if not cfg.no_measure and (stage is None or stage.final):  # --rounds: the last round's model is measured
         progress.step(f"measuring speed in ONNX Runtime ({inputs.threads} threads, batches {list(cfg.measure_batches)})")
         t = time.perf_counter()
         measured = measured_speedup(
@@ -785,15 +855,25 @@ def _emit(run: _Run, search: SearchOutcome, selected: SelectedPlan, evaluator_no
             time_budget_s=cfg.measure_budget_s,
         )
         timings["measure_s"] = time.perf_counter() - t
-    latency, latency_notes = _predicted_latency(cfg, inputs, run.cost_model, run.identity, plan)
-    notes = list(evaluator_notes) + list(selected.notes)
+    int8 = None  # --quantize int8: OUT/model_int8.onnx (with --rounds, of the last round's model)
+    if cfg.quantize and (stage is None or stage.final):
+        int8 = emit_int8(cfg, inputs, models.baseline, models.compressed.model, accuracies, progress, timings)
+    latency, latency_notes = _predicted_latency(cfg, original, run.cost_model, report_identity, report_plan)
+    notes = list(evaluator_notes) + list(selected.notes) + ([] if stage is None else list(stage.notes()))
     notes.extend(n for n in latency_notes if n not in notes)
     timings["total_s"] = time.perf_counter() - run.t0
 
     out = run.ws.root  # OUT, or the sibling an --overwrite is built in (swapped in when this returns)
-    atomic_write_bytes(out / "baseline.onnx", models.baseline.SerializeToString())
+    if stage is None or stage.final:  # --rounds: OUT/rounds/<k>/ holds no copy of the original model
+        atomic_write_bytes(out / "baseline.onnx", models.baseline.SerializeToString())
     atomic_write_bytes(out / "model.onnx", models.compressed.model.SerializeToString())
-    atomic_write_text(out / "plan.json", plan.to_json())
+    if int8 is not None:
+        atomic_write_bytes(out / "model_int8.onnx", int8.model.SerializeToString())
+    else:  # a resumed run's earlier --quantize int8 must not leave a model the report does not describe
+        (out / "model_int8.onnx").unlink(missing_ok=True)
+    atomic_write_text(out / "plan.json", report_plan.to_json())
+    if stage is not None:
+        stage.write_round_files(out, plan, models.compressed)
     if finetuned is not None:
         atomic_write_bytes(out / "model_before_finetune.onnx", finetuned.before_finetune.SerializeToString())
         if finetuned.baseline_finetuned is not None:
@@ -804,15 +884,18 @@ def _emit(run: _Run, search: SearchOutcome, selected: SelectedPlan, evaluator_no
         accuracies=accuracies,
         validation=models.compressed.validation.as_dict(),
         pass_log=models.compressed.pass_log,
-        layers=tuple(plan_layer_table(inputs.analysis, plan)),
-        groups=tuple(plan_group_table(inputs.analysis, plan)),
+        layers=tuple(plan_layer_table(original.analysis, report_plan)),
+        groups=tuple(plan_group_table(original.analysis, report_plan)),
         measured=measured,
         latency=latency,
         finetuning=None if finetuned is None else finetuned.facts,
+        int8=None if int8 is None else int8.facts,
     )
+    rounds = None if stage is None else (*stage.previous, stage.facts(outcome, search, evaluations=len(run.cache.values),
+                                                                  minutes=timings["total_s"] / 60))
     report = report_writer.build_report(
-        cfg, _subject(inputs), _search_facts(run, search, selected, evaluator.recalibrates(plan)), outcome,
-        notes=notes, timings=timings,
+        cfg, _subject(original), _search_facts(run, search, selected, evaluator.recalibrates(plan)), outcome,
+        notes=notes, timings=timings, rounds=rounds,
     )
     report_writer.write_report(out, report, search.result.iterations)
     return report
@@ -839,7 +922,7 @@ def _search_facts(run: _Run, search: SearchOutcome, selected: SelectedPlan, reca
         cost=run.cost_model.describe(),
         score=score.as_dict(),
         accuracy_threshold=score.accuracy_threshold,
-        baseline_accuracy=score.baseline_accuracy,
+        baseline_accuracy=_start_accuracy(run),
         boundary=search.boundary.as_dict(),
         evaluations=stats["evaluated"],
         cache_hits=stats["cached"],
@@ -933,21 +1016,26 @@ def _reduces_to_macs(model) -> str | None:
 
 
 def _finetune(cfg: CompileConfig, inputs: _Inputs, models: EmittedModels, ws: Workspace, progress: Progress,
-              accuracies: Accuracies) -> FinetuneOutcome:
-    """Fine-tune the emitted model (and, if asked, the baseline) on TRAIN, and measure them again."""
+              accuracies: Accuracies, stage=None) -> FinetuneOutcome:
+    """Fine-tune the emitted model (and, if asked, the baseline) on TRAIN, and measure them again.
+
+    --rounds (`stage`): the round's epochs; the teacher and the baseline are the original model, and the
+    baseline is fine-tuned once, in the last round."""
     train = inputs.train
+    original = inputs if stage is None else stage.original
     config = FinetuneConfig(
-        epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size, distill=cfg.distill, seed=cfg.seed
+        epochs=cfg.finetune_epochs if stage is None else stage.epochs, lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size,
+        distill=cfg.distill, seed=cfg.seed,
     )
-    teacher = inputs.module if cfg.distill else None
+    teacher = original.module if cfg.distill else None
     emitted = models.compressed
     runs = [("compressed", emitted)]
-    if cfg.finetune_baseline:
+    if cfg.finetune_baseline and (stage is None or stage.final):
         runs.append(("baseline", None))
     outputs, logs = {}, {}
     splits = {"val": accuracies.val, "test": accuracies.test}
     for name, source in runs:
-        pre = source.pre_simplify if source is not None else inputs.onnx_model
+        pre = source.pre_simplify if source is not None else original.onnx_model
         progress.step(f"fine-tuning the {name} model: {config.epochs} epochs on {len(train):,} images ({train.describe()})")
         done = finetune_model(
             pre, train, config, image_shape=inputs.val.image_shape, check_images=inputs.val.x, teacher=teacher,

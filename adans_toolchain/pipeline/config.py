@@ -103,6 +103,12 @@ def _lut_only_feeds_the_report(cfg: "CompileConfig") -> bool:
     return cfg.cost != "latency"
 
 
+def _single_round(cfg: "CompileConfig") -> bool:
+    # One round is the compile as it always was: its OUT/config.json holds neither --rounds nor --round-epochs,
+    # as runs from before --rounds do, so those resume; with more rounds both are recorded and compared.
+    return cfg.rounds == 1
+
+
 @dataclass(frozen=True)
 class CompileConfig:
     # -- required (no default, so declared first), then model and data ------
@@ -215,6 +221,19 @@ class CompileConfig:
         False, group=FINETUNE, resumable=True,
         help="also fine-tune the baseline for E epochs on TRAIN, for a fair comparison when TRAIN is new data",
     )
+    rounds: int = setting(
+        1, metavar="R", group=SEARCH, resumable=_single_round,
+        help="iterative compression: R rounds of search then fine-tuning, each round pruning the previous round's "
+        "fine-tuned model further, every round held to the same accuracy threshold from the original model; the "
+        "last round fine-tunes for --finetune-epochs, the others for --round-epochs; each round spends a whole search "
+        "budget, in OUT/rounds/<k>/ (R > 1 needs --methods ps, --train-data and --finetune-epochs; 1: one search, "
+        "then fine-tuning if asked)",
+    )
+    round_epochs: int | None = setting(
+        metavar="E", group=FINETUNE, resumable=_single_round,
+        help="with --rounds R > 1: fine-tuning epochs of every round but the last (default: --finetune-epochs // R, "
+        "at least 1)",
+    )
     samples: int = setting(50, metavar="B", group=SEARCH, help="samples per iteration, b. " + _BUDGET)
     iterations: int = setting(20, metavar="T", group=SEARCH, resumable=True,
                               help="iterations, T, including the initial batch; a resume may add more. The default "
@@ -267,6 +286,12 @@ class CompileConfig:
     measure_budget_s: float = setting(8.0, flags=("--measure-budget",), metavar="SECONDS", group=OUTPUT,
                                       resumable=True, help="seconds of timing per batch size")
     no_measure: bool = setting(False, group=OUTPUT, resumable=True, help="skip the speed measurement")
+    quantize: str | None = setting(
+        choices=("int8",), metavar="PRECISION", group=OUTPUT, resumable=True,
+        help="also write OUT/model_int8.onnx: the emitted model (after fine-tuning, if any) quantized after training "
+        "(QDQ: int8 weights per channel, uint8 activations calibrated on the BatchNorm calibration images), checked "
+        "against its simulation, scored, measured and reported beside the float model",
+    )
     resume: bool = setting(False, nargs="?", const=True, type=str, metavar="OUT", group=OUTPUT, resumable=True,
                            help="continue the run in OUT (or -o) with the same settings")
     overwrite: bool = setting(False, group=OUTPUT, resumable=True, help="replace a previous run in OUT")
@@ -309,6 +334,8 @@ class CompileConfig:
             raise ConfigError("--boundary-rounds must be >= 0 and --boundary-groups >= 1")
         if self.max_evaluations is not None and self.max_evaluations < 1:
             raise ConfigError("--max-evaluations is a number of candidate evaluations (>= 1)")
+        if self.quantize not in (None, "int8"):
+            raise ConfigError(f"--quantize {self.quantize}: the only precision is int8")
         if self.priority not in ("taylor", "l1"):
             raise ConfigError("--priority must be taylor or l1")
         if self.device.startswith("cuda"):
@@ -318,6 +345,35 @@ class CompileConfig:
                 raise ConfigError("--device cuda was given but PyTorch sees no CUDA device; use --device cpu")
         if (self.mean is None) != (self.std is None) or (self.mean and len(self.mean) != len(self.std)):
             raise ConfigError("give --mean and --std together, with one value per image channel each")
+        self._check_rounds(methods)
+
+    def _check_rounds(self, methods: tuple[str, ...]) -> None:
+        """--rounds and --round-epochs; resolves the default of --round-epochs, so OUT/config.json records the
+        epochs the intermediate rounds actually train (a resume that would change them is refused)."""
+        if self.rounds < 1:
+            raise ConfigError("--rounds is a number of search and fine-tuning rounds (>= 1)")
+        if self.rounds == 1:
+            if self.round_epochs is not None:
+                raise ConfigError("--round-epochs sets the fine-tuning between rounds; it needs --rounds 2 or more")
+            return
+        if methods != ("ps",):
+            raise ConfigError(
+                f"--rounds {self.rounds} prunes each round's fine-tuned model further, which only channel pruning "
+                f"does; give --methods ps, or --rounds 1 for --methods {','.join(self.methods)}"
+            )
+        if not self.train_data or self.finetune_epochs < 1:
+            raise ConfigError(
+                f"--rounds {self.rounds} fine-tunes after every round: give --train-data TRAIN and --finetune-epochs E "
+                "(the last round's epochs; the others train --round-epochs)"
+            )
+        if self.round_epochs is None:
+            object.__setattr__(self, "round_epochs", max(1, self.finetune_epochs // self.rounds))
+        elif self.round_epochs < 1:
+            raise ConfigError("--round-epochs must be >= 1 (every round is fine-tuned before the next one searches)")
+
+    def epochs_of_round(self, k: int) -> int:
+        """Fine-tuning epochs after round k (1-based) of --rounds: --round-epochs, the last round --finetune-epochs."""
+        return self.finetune_epochs if k >= self.rounds else int(self.round_epochs)
 
     @property
     def canonical_methods(self) -> tuple[str, ...]:

@@ -9,6 +9,10 @@ Layout of OUT:
         evaluations.jsonl  accuracy of every plan evaluated so far (evaluation.cache)
         boundary.json      the boundary characterisation
     model.onnx, baseline.onnx, plan.json, report.json, report.md, *.png
+    rounds/<k>/        with --rounds R > 1, round k's own run directory (history.jsonl, state/,
+                       model.onnx, plan.json, round_plan.json, report.*; model_unfolded.onnx, the
+                       fine-tuned model the next round starts from; round.json once it finished);
+                       the files above in OUT itself are then the last round's (pipeline/rounds.py)
 
 Final artifacts are written to a temporary name and renamed, so a failed or
 killed run never leaves a half-written model or report behind. --overwrite
@@ -36,6 +40,8 @@ from adans_toolchain.pipeline.config import RESUMABLE_SETTINGS
 CONFIG = "config.json"
 HISTORY = "history.jsonl"
 STATE = "state"
+ROUNDS = "rounds"
+ROUND_RECORD = "round.json"
 
 
 # Every config.json a Workspace writes is CompileConfig.resume_key(): these keys mark it as adans'.
@@ -63,11 +69,15 @@ def is_run(root: Path) -> bool:
 def _is_unstarted(root: Path) -> bool:
     """A run that stopped before its first evaluation was stored: it holds nothing a rerun would not recompute."""
     names = {p.name for p in root.iterdir()}
-    if not names <= {CONFIG, INPUTS, STATE}:
+    if not names <= {CONFIG, INPUTS, STATE, ROUNDS}:
         return False
     # Evaluations are stored as JSON lines (evaluation.cache); the rest of state/ is derived before the first one.
     state = root / STATE
-    return not state.is_dir() or all(p.stat().st_size == 0 for p in state.glob("*.jsonl"))
+    if state.is_dir() and any(p.stat().st_size for p in state.glob("*.jsonl")):
+        return False
+    # --rounds: each round is a run directory of its own (without config.json), unstarted alike.
+    rounds = root / ROUNDS
+    return not rounds.is_dir() or all(r.is_dir() and _is_unstarted(r) for r in rounds.iterdir())
 
 
 def fingerprint(path: str | Path) -> str | None:
@@ -250,6 +260,25 @@ class Workspace:
                     f"cannot resume: '{key}' was {previous.get(key)!r} and is now {config.get(key)!r}; "
                     "give the same settings, or start a fresh run with --overwrite"
                 )
+
+    # -- rounds (--rounds) -------------------------------------------------
+    def round(self, k: int) -> "Workspace":
+        """Round k's own run directory, OUT/rounds/<k>/: its history, state and results; `create` makes it."""
+        return Workspace(self.root / ROUNDS / str(k))
+
+    def round_record(self) -> dict | None:
+        """What a finished round recorded (`finish_round`), or None: the round has not finished."""
+        path = self.root / ROUND_RECORD
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise SearchStateError(f"cannot read {path} ({e}); delete it to run the round again") from e
+
+    def finish_round(self, record: dict) -> None:
+        """Mark this round finished (written last, atomically): a resume skips it and starts from its model."""
+        atomic_write_text(self.root / ROUND_RECORD, json.dumps(record, indent=1))
 
     # -- paths -------------------------------------------------------------
     @property

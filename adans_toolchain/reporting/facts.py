@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from adans_toolchain.lowering.storage import Storage
+from adans_toolchain.reporting.int8 import Int8Facts
 from adans_toolchain.search.types import IterationSummary
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "OneRateFacts",
     "PredictedLatency",
     "RescoredPlan",
+    "RoundFacts",
     "SearchFacts",
     "SplitAccuracy",
     "Storage",
@@ -251,3 +253,27 @@ class CompileOutcome:
     measured: Mapping[str, Any] | None = None  # runtime.measure.measured_speedup(); None with --no-measure
     latency: PredictedLatency | None = None
     finetuning: FinetuneFacts | None = None
+    int8: Int8Facts | None = None  # --quantize int8: model_int8.onnx
+
+
+@dataclass(frozen=True)
+class RoundFacts:
+    """One round of iterative compression (--rounds): search from the previous round's fine-tuned model, then
+    fine-tune. MACs are of the round's emitted model relative to the original model's; accuracies are of the
+    emitted ONNX model before (`searched`) and after fine-tuning."""
+
+    round: int  # 1-based
+    start_top1_search_val: float  # the round's starting model on the images the search scores (substituted)
+    searched: bool  # False: the starting model was already below the threshold, so the round did not search
+    macs: int
+    macs_ratio: float  # of the original model's MACs
+    top1_val_searched: float
+    top1_val_finetuned: float
+    finetune_epochs: int
+    evaluations: int  # candidate evaluations paid for in the round (its cache; repeats not counted), all sessions
+    minutes: float  # wall time of the round in the session that finished it
+    top1_test_searched: float | None = None
+    top1_test_finetuned: float | None = None
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

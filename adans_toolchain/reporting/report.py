@@ -16,7 +16,8 @@ from typing import Mapping, Sequence
 
 from adans_toolchain import __version__
 from adans_toolchain.fileio import atomic_write_text
-from adans_toolchain.reporting.facts import CompileOutcome, CompileSubject, ModelFacts, PredictedLatency, SearchFacts
+from adans_toolchain.reporting.int8 import int8_markdown
+from adans_toolchain.reporting.facts import CompileOutcome, CompileSubject, ModelFacts, PredictedLatency, RoundFacts, SearchFacts
 from adans_toolchain.search.types import IterationSummary
 
 
@@ -41,10 +42,11 @@ def environment_versions() -> dict:
 
 
 def build_report(cfg, subject: CompileSubject, search: SearchFacts, outcome: CompileOutcome, *,
-                 notes: list[str], timings: dict[str, float]) -> dict:
+                 notes: list[str], timings: dict[str, float], rounds: Sequence[RoundFacts] | None = None) -> dict:
     """report.json's content from facts the pipeline computed; formats only (runs and analyses nothing).
 
-    `cfg` is the compile's settings (pipeline.config.CompileConfig), echoed as given.
+    `cfg` is the compile's settings (pipeline.config.CompileConfig), echoed as given. `rounds`: with
+    --rounds, every round so far (the report's search is the last one's); None leaves the key out.
     """
     unit = search.cost["unit"]
 
@@ -76,6 +78,7 @@ def build_report(cfg, subject: CompileSubject, search: SearchFacts, outcome: Com
         },
         "baseline": side("baseline", base),
         "compressed": side("compressed", comp),
+        **({"rounds": [r.as_dict() for r in rounds]} if rounds else {}),
         "speedup": speedup,
         "table_iv": table_iv(speedup, layers, latency, subject.target),
         "validation": dict(outcome.validation),
@@ -125,6 +128,7 @@ def build_report(cfg, subject: CompileSubject, search: SearchFacts, outcome: Com
         "frozen_groups": [{"id": g["id"], "channels": g["channels"], "reason": g["reason"]} for g in groups if not g["prunable"]],
         "layers": layers,
         **({"finetuning": outcome.finetuning.as_dict()} if outcome.finetuning else {}),
+        **({"int8": outcome.int8.as_dict()} if outcome.int8 is not None else {}),
         "lowering": outcome.pass_log,
         "timings_s": timings,
         "notes": notes,
@@ -371,6 +375,35 @@ def _cap_markdown(s: dict) -> list[str]:
             + (f"; it stopped {', '.join(cut)} early." if cut else "; the cap was not reached."), ""]
 
 
+def _rounds_markdown(r: dict) -> list[str]:
+    """Iterative compression (--rounds): what each round emitted, before and after its fine-tuning."""
+    rounds = r.get("rounds")
+    if not rounds:
+        return []
+    test = any(x.get("top1_test_finetuned") is not None for x in rounds)
+    lines = [
+        "## Rounds",
+        "",
+        f"{len(rounds)} rounds of search then fine-tuning, each starting from the previous round's fine-tuned model "
+        f"and held to the same threshold from the original model, {r['search']['accuracy_threshold']:.2f} % top-1 on "
+        "the images the search scores. MACs are of the original model's; top-1 is the emitted ONNX model after the "
+        "round's search and after its fine-tuning. This report's search, selection and one-rate rule are the last round's.",
+        "",
+        "| round | start top-1 (search images) | MACs | top-1 VAL after search | top-1 VAL fine-tuned | "
+        + ("top-1 TEST after search | top-1 TEST fine-tuned | " if test else "")
+        + "fine-tune epochs | evaluations | minutes |",
+        "|---|---|---|---|---|" + ("---|---|" if test else "") + "---|---|---|",
+    ]
+    for x in rounds:
+        start = _pct(x["start_top1_search_val"]) + ("" if x["searched"] else " (below the threshold: not searched)")
+        lines.append(
+            f"| {x['round']} | {start} | {x['macs_ratio']:.1%} | {_pct(x['top1_val_searched'])} | {_pct(x['top1_val_finetuned'])} | "
+            + (f"{_pct(x['top1_test_searched'])} | {_pct(x['top1_test_finetuned'])} | " if test else "")
+            + f"{x['finetune_epochs']} | {x['evaluations']} | {x['minutes']:.1f} |"
+        )
+    return lines + [""]
+
+
 def _lowering_markdown(r: dict) -> list[str]:
     """Each lowering pass and the conditions checked around it (one that fails stops the compile, so all held)."""
     log = r.get("lowering") or []
@@ -419,6 +452,7 @@ def render_markdown(r: dict, plots: list[str]) -> str:
         *_bn_recalibration_markdown(r),
         f"Theoretical speedup (MACs): **{r['speedup']['theoretical']:.2f}×**",
         "",
+        *_rounds_markdown(r),
         "| storage | baseline | compressed |",
         "|---|---|---|",
         f"| weights (non-zero) | {b['storage']['weights']:,} ({b['storage']['nonzero_weights']:,}) | "
@@ -466,6 +500,7 @@ def render_markdown(r: dict, plots: list[str]) -> str:
         for i, (loss, acc) in enumerate(zip(ft["compressed"]["train_loss"], ft["compressed"]["train_top1"]), 1):
             lines.append(f"| {i} | {loss:.4f} | {acc:.2f} % |")
         lines.append("")
+    lines += int8_markdown(r)
     v = r["validation"]
     lines += [
         "## Validation",

@@ -144,7 +144,7 @@ def _run(tmp_path, holdout: float, evaluator=None, **settings):
                              calibration=None)
     return SimpleNamespace(
         cfg=cfg, identity=identity, inputs=inputs, space=_Space(), score=SCORE, evaluator=evaluator,
-        ws=SimpleNamespace(state=tmp_path), progress=SimpleNamespace(step=lambda message: None),
+        ws=SimpleNamespace(state=tmp_path), progress=SimpleNamespace(step=lambda message: None), stage=None,
     )
 
 
