@@ -293,6 +293,14 @@ def _bn_recalibration_markdown(r: dict) -> list[str]:
     ]
 
 
+def _rescored_which(sel: dict) -> str:
+    n, top = len(sel["candidates"]), sel["rescore_top"]
+    if n <= top:
+        return f"the {n} best feasible plans of the search"
+    return (f"{n} feasible plans of the search (the {top} best, then, as none held there, the best of those "
+            "with more margin over the SEARCH-VAL threshold)")
+
+
 def _selection_markdown(r: dict) -> list[str]:
     """The search's best plans re-scored on held-back VAL images, and which one was emitted (issue 13)."""
     sel = r["search"].get("selection")
@@ -304,7 +312,7 @@ def _selection_markdown(r: dict) -> list[str]:
         "",
         f"VAL was split (seeded, stratified by label) into {sel['search_images']} images the search ranked candidates "
         f"on (SEARCH-VAL) and {sel['holdout_images']} held back ({sel['fraction']:.0%}); the "
-        f"{len(sel['candidates'])} best feasible plans of the search were scored again on the held-back images "
+        f"{_rescored_which(sel)} were scored again on the held-back images "
         f"(baseline {_pct(sel['baseline_holdout_accuracy'])} there, threshold {_pct(sel['holdout_threshold'])}) "
         "and the plan was chosen there"
         + (", with BatchNorm statistics re-estimated on SEARCH-VAL images only" if sel["calibration_from_search_part"] else "")

@@ -181,12 +181,25 @@ def test_with_a_holdout_the_plan_that_holds_there_is_emitted_and_the_scoring_is_
     assert {r["key"] for r in records} == {"baseline", "1,0", "2,0", "3,0"}
 
 
+def test_when_the_best_plans_fail_on_the_holdout_plans_with_more_margin_are_tried(tmp_path):
+    evaluator = _Evaluator(HOLDOUT)
+    run = _run(tmp_path, 0.3, evaluator, rescore_top=1)
+    selected = pipeline._select_plan(run, _result(HISTORY))
+    # plan-1 (0.4 points over the SEARCH-VAL threshold) fails there; plan-2, 1.0 over it, is the best of the next batch.
+    assert [c.search_rank for c in selected.selection.candidates] == [1, 2]
+    assert selected.best is HISTORY[2] and selected.selection.outcome == "holdout"
+    assert evaluator.calls == ["baseline", "plan-1", "plan-2"]
+
+
 def test_with_no_plan_feasible_on_the_holdout_the_baseline_is_emitted_with_a_note(tmp_path):
-    run = _run(tmp_path, 0.3, _Evaluator({**HOLDOUT, "plan-1": 80.0}), rescore_top=1)
+    failing = {**HOLDOUT, "plan-1": 80.0, "plan-2": 80.0, "plan-3": 80.0, "plan-5": 80.0}
+    run = _run(tmp_path, 0.3, _Evaluator(failing), rescore_top=1)
     selected = pipeline._select_plan(run, _result(HISTORY))
     assert selected.best is None and selected.plan.is_identity
     assert selected.selection.outcome == "baseline" and selected.selection.as_dict()["differs_from_search_best"]
-    assert any("none of the 1 best plans" in n and "uncompressed baseline" in n for n in selected.notes)
+    # One plan per margin (0, 0.5, 1.0, 1.5 points over the threshold): plan-1, plan-2, plan-3, plan-5.
+    assert [c.search_rank for c in selected.selection.candidates] == [1, 2, 3, 4]
+    assert any("none of the 4 plans of the search re-scored" in n and "uncompressed baseline" in n for n in selected.notes)
 
 
 def test_with_no_feasible_candidate_the_report_still_has_the_baselines_holdout_accuracy(tmp_path):
