@@ -252,6 +252,9 @@ class Kernel:
         if a.op_type == "BatchNormalization":
             # Inference BatchNormalization keeps scale, shift, mean and variance.
             return 0, 4 * int(a.output_shape[1])
+        if a.op_type == "LayerNormalization":
+            # Scale and bias over the normalised axes (not necessarily axis 1: ConvNeXt's is channels-last).
+            return weights, weights if a.has_bias else 0
         if a.weight_shape and (a.has_bias or self.folds_batchnorm):
             bias = int(self.output_shape[1]) if len(self.output_shape) > 1 else int(self.output_shape[-1])
         return weights, bias

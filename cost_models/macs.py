@@ -27,6 +27,8 @@ _ZERO_MAC_OPS = frozenset(
         "Erf", "Sqrt", "Pow", "Exp", "Neg", "Abs", "Max", "Min", "ConstantOfShape", "Expand",
         "LRN", "Softplus", "Selu", "Celu", "Mish", "Where", "Equal", "ReduceSum", "ReduceMax",
         "LogSoftmax", "Range", "Floor", "Ceil", "Round", "Less", "Greater", "Not", "And", "Or",
+        # Normalisation: a mean, a variance and a scale per element, no weighted sums (as BatchNormalization).
+        "LayerNormalization", "InstanceNormalization", "GroupNormalization",
     }
 )
 
@@ -60,13 +62,16 @@ def workload_macs(workload: Workload) -> int:
 def workload_params(workload: Workload) -> int:
     """Parameters of weighted operators: weights plus one bias per output channel.
 
-    BatchNormalization counts its scale and shift (weight_shape (C,), has_bias).
+    BatchNormalization counts its scale and shift (weight_shape (C,), has_bias);
+    LayerNormalization its scale and bias over the normalised axes (weight_shape).
     """
     total = 0
     for op in workload:
         if op.weight_shape:
             total += prod(op.weight_shape)
-            if op.has_bias:
+            if op.has_bias and op.op_type == "LayerNormalization":
+                total += prod(op.weight_shape)
+            elif op.has_bias:
                 total += op.output_shape[1]  # one bias per output channel / feature
     return total
 

@@ -32,7 +32,11 @@ that keep the lowered graph valid:
 - A Transpose that moves the channel axis (ConvNeXt's Permute to
   channels-last) carries it along: elementwise operators, LayerNormalization
   over other axes and MatMul contracting it follow channels on any axis;
-  every other operator freezes channels that are not on axis 1.
+  every other operator freezes channels that are not on axis 1. A MatMul's
+  weight may be a stored initializer or Transpose(initializer) (a Linear's
+  [out, in] weight, as frontend.export names ConvNeXt's MLP weights): the
+  MLP's hidden channels (Linear(d, 4d) -> GELU -> Linear(4d, d)) are then a
+  group like any other.
 
 An element that reaches the model input or output, or an operator the
 analysis does not understand, freezes its unit, and the group is reported
@@ -465,25 +469,46 @@ def _rule_gemm(b: _Builder, node: onnx.NodeProto) -> None:
             _freeze_node(b, node, "its bias is not a stored per-feature vector")
 
 
+def matmul_weight(graph: Graph, name: str) -> tuple[str, bool] | None:
+    """The stored initializer a MatMul's weight input is, and whether it is read transposed.
+
+    Either the initializer itself ([in, out]), or Transpose(perm [1, 0]) of a
+    2-D initializer ([out, in], a Linear's own layout: frontend.export stores
+    ConvNeXt's channels-last Linear weights that way, under their parameter
+    names). None for anything else (a weight computed at run time).
+    """
+    if name in graph.initializers:
+        return name, False
+    node = graph.producer.get(name)
+    if (
+        node is not None and node.op_type == "Transpose" and node.input[0] in graph.initializers
+        and graph.initializers[node.input[0]].ndim == 2 and list(attributes(node).get("perm", [1, 0])) == [1, 0]
+    ):
+        return node.input[0], True
+    return None
+
+
 def _rule_matmul(b: _Builder, node: onnx.NodeProto) -> None:
-    a, w, y = node.input[0], node.input[1], node.output[0]
-    if not (b.has(a) and b.has(y)) or w not in b.graph.initializers:
+    a, y = node.input[0], node.output[0]
+    weight = matmul_weight(b.graph, node.input[1])
+    if not (b.has(a) and b.has(y)) or weight is None:
         _freeze_node(b, node, "only activation x stored-weight products are supported")
         return
+    w, transposed = weight
     rank = len(b.graph.shapes[a])
     if len(b.graph.shapes[w]) != 2 or b.axis[a] != rank - 1 or b.axis[y] != rank - 1:
         _freeze_node(b, node, "the channel axis is not the contracted axis")
         return
     if rank > 2 and w.startswith(_EXPORTER_CONSTANT):
-        # A Linear on a channels-last tensor (ConvNeXt's MLP): the exporter folds weight.T into a
-        # constant of its own, so substitution on the PyTorch module cannot reach it by name.
+        # A Linear on a channels-last tensor whose folded weight.T frontend.export could not trace back to
+        # one parameter: substitution on the PyTorch module cannot reach it by name.
         _freeze_node(
             b, node, f"its weight '{w}' is a constant the exporter derived from a parameter (a folded transpose), "
             "which no parameter of the PyTorch model is named after"
         )
         return
-    b.bind(w, 0, a, CONSUMER, node)
-    b.bind(w, 1, y, PRODUCER, node)
+    b.bind(w, 1 if transposed else 0, a, CONSUMER, node)
+    b.bind(w, 0 if transposed else 1, y, PRODUCER, node)
 
 
 def _rule_layer_norm(b: _Builder, node: onnx.NodeProto) -> None:

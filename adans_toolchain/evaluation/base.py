@@ -179,6 +179,15 @@ class Evaluator(abc.ABC):
     def logits(self, plan: Plan, x) -> np.ndarray:
         """fp32 logits of `plan` on images `x`, whatever the search precision: the validation reference."""
 
+    def float64_logits(self, plan: Plan, x) -> np.ndarray | None:
+        """`logits` computed in float64 from the same float32 parameters and statistics, or None where unavailable.
+
+        Validation's measure of how much float32 rounding moves this plan's
+        function (lowering/validate.py); only asked for when the plain
+        tolerance is exceeded.
+        """
+        return None
+
     @abc.abstractmethod
     def batchnorm_statistics(self, plan: Plan) -> dict[str, np.ndarray]:
         """The running statistics the emitted model must carry for `plan`, by initializer name ({} if unchanged)."""

@@ -156,6 +156,22 @@ class OnnxEvaluator(Evaluator):
             parts = list(self._batches(x_np))
         return (np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)).astype(np.float32, copy=False)
 
+    def float64_logits(self, plan: Plan, x: torch.Tensor) -> np.ndarray | None:
+        """The substituted graph run in float64 by ONNX's reference evaluator; None where that cannot run it."""
+        from adans_toolchain.runtime.reference import run_float64
+
+        x_np = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        values = self._feeds(plan)
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        for init in model.graph.initializer:
+            if init.name in values:
+                init.CopyFrom(numpy_helper.from_array(np.asarray(values[init.name], numpy_helper.to_array(init).dtype), init.name))
+        try:
+            return run_float64(model, x_np)
+        except Exception:  # noqa: BLE001 - an operator the reference evaluator lacks or gets wrong: no float64 reference
+            return None
+
     def batchnorm_statistics(self, plan: Plan) -> dict[str, np.ndarray]:
         """The running statistics the emitted model must carry for `plan`, by initializer name."""
         if not self.recalibrates(plan):

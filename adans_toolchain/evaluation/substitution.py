@@ -7,6 +7,7 @@ restored. Validation data is moved to the device once.
 
 from __future__ import annotations
 
+import copy
 from contextlib import AbstractContextManager, contextmanager
 from typing import Iterator, Sequence
 
@@ -63,6 +64,7 @@ class SubstitutionEvaluator(Evaluator):
         if self.calibration is not None and not self.batchnorms:
             self.notes.append("BatchNorm re-estimation requested, but the model has no BatchNorm layers")
         self.channels_last = False
+        self.slicer: ChannelSlicer | None = None  # choose_precision evaluates the baseline before slicing is set up
         if precision == "bf16":
             self._use_bf16()
         elif precision == "auto" and self.device.type == "cuda":
@@ -72,7 +74,7 @@ class SubstitutionEvaluator(Evaluator):
             # faster than in NCHW on the 2-core development machine (BENCHMARKS.md).
             self._use_channels_last()
             self.notes.append("evaluating candidates in fp32, channels-last")
-        self.slicer: ChannelSlicer | None = self._make_slicer() if slicing else None
+        self.slicer = self._make_slicer() if slicing else None
 
     # -- precision -----------------------------------------------------------
     def _use_bf16(self) -> None:
@@ -251,6 +253,17 @@ class SubstitutionEvaluator(Evaluator):
         with self.substituted(plan):
             return self.module(x.to(self.device)).float().cpu().numpy()
 
+    @torch.no_grad()
+    def float64_logits(self, plan: Plan, x: torch.Tensor) -> np.ndarray | None:
+        """The substituted module (re-estimated statistics included) copied to float64, on `x` in float64."""
+        with self.substituted(plan):
+            try:
+                module = copy.deepcopy(self.module)
+            except Exception:  # noqa: BLE001 - a module that cannot be copied has no float64 reference
+                return None
+        module = module.double()
+        return module(x.to(self.device, torch.float64)).cpu().numpy()
+
     # -- channel priority ----------------------------------------------------
     def priorities(self, analysis: ChannelAnalysis, groups: Sequence[ChannelGroup], method: str = "taylor") -> dict[str, np.ndarray]:
         if method == "l1":
@@ -290,6 +303,7 @@ class SubstitutionEvaluator(Evaluator):
                     unit_maps[(g.id, b.param, b.axis)] = unit_of
         modules = dict(self.module.named_modules()) if not isinstance(self.module, torch.jit.ScriptModule) else {}
         captured: dict[str, torch.Tensor] = {}
+        linear_inputs: dict[str, bool] = {}
         handles = []
         for name in {b.param for b in consumers}:
             owner = modules.get(name.rsplit(".", 1)[0])
@@ -302,6 +316,7 @@ class SubstitutionEvaluator(Evaluator):
                 captured[_name] = view
                 return (view, *args[1:])
 
+            linear_inputs[name] = isinstance(owner, nn.Linear)
             handles.append(owner.register_forward_pre_hook(hook))
         scores = {g.id: torch.zeros(g.size, dtype=torch.float64) for g in groups}
         try:
@@ -313,8 +328,11 @@ class SubstitutionEvaluator(Evaluator):
                 per_example = {g.id: torch.zeros(len(x), g.size, dtype=torch.float64) for g in groups}
                 for (gid, name, axis), unit_of in unit_maps.items():
                     a = captured[name]
-                    # Input channel axis of Conv/Linear is 1; sum over the rest per example.
-                    contribution = (a.detach() * a.grad).reshape(a.shape[0], a.shape[1], -1).sum(-1)
+                    product = a.detach() * a.grad
+                    if linear_inputs.get(name) and product.dim() > 2:
+                        product = product.movedim(-1, 1)  # a Linear reads the last axis (ConvNeXt's channels-last MLP)
+                    # Input channel axis of Conv is 1; sum over the rest per example.
+                    contribution = product.reshape(a.shape[0], product.shape[1], -1).sum(-1)
                     if contribution.shape[1] != len(unit_of):
                         # Grouped conv: weight column i reads in-group position i of every group.
                         contribution = contribution.reshape(a.shape[0], -1, len(unit_of)).sum(1)

@@ -12,6 +12,14 @@ candidates are evaluated by substituting parameters) and the ONNX graph
   initializers with equal values into one (freshly initialised BatchNorm
   layers all share ones and zeros), which would tie unrelated parameters.
   The parameters are removed from the graph inputs again afterwards.
+
+One thing constant folding still renames: a Linear applied to a tensor of
+more than two axes (ConvNeXt's channels-last MLP) exports as MatMul(x, W^T),
+and the folded W^T becomes a constant named `onnx::MatMul_N`, which no
+parameter is called. After export each such constant that equals exactly
+the transpose of one parameter is replaced by Transpose(parameter), the
+parameter stored under its own name and layout; onnxsim folds it again in
+the emitted model.
 """
 
 from __future__ import annotations
@@ -23,9 +31,11 @@ import sys
 import warnings
 from typing import Iterator
 
+import numpy as np
 import onnx
 import torch
 import torch.nn as nn
+from onnx import helper, numpy_helper
 
 from adans_toolchain.errors import ModelLoadError
 
@@ -65,6 +75,7 @@ def export_onnx(module: nn.Module, image_shape: tuple[int, int, int]) -> onnx.Mo
         ) from e
     model = onnx.load_from_string(buffer.getvalue())
     _drop_initializer_inputs(model)
+    _name_folded_transposes(model, module)
     if len(model.graph.output) != 1:
         raise ModelLoadError(
             f"the model has {len(model.graph.output)} outputs; adans compiles classifiers with one logits output"
@@ -103,3 +114,59 @@ def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else "no message"
+
+
+# The prefix of the names the TorchScript exporter gives constants it creates itself.
+EXPORTER_CONSTANT = "onnx::"
+
+
+def _name_folded_transposes(model: onnx.ModelProto, module: nn.Module) -> None:
+    """Replace every exporter constant equal to a parameter's transpose, read only as a MatMul weight, by Transpose(parameter).
+
+    The Transpose node outputs the constant's own tensor name, so its
+    readers are unchanged. A constant equal to the transpose of several
+    parameters (identically initialised ones) is named after the one whose
+    bias the MatMul's following Add reads; failing that it is left as it is
+    (and the analysis freezes its channels, with the reason).
+    """
+    graph = model.graph
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            readers.setdefault(name, []).append(node if node.op_type == "MatMul" and i == 1 else None)
+    params = {name: p.detach().cpu().numpy() for name, p in module.named_parameters()}
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for name, value in params.items():
+        if value.ndim == 2:
+            by_shape.setdefault(value.shape[::-1], []).append(name)
+    existing = {i.name for i in graph.initializer}
+    transposes, kept = [], []
+    for init in graph.initializer:
+        uses = readers.get(init.name, [])
+        if not init.name.startswith(EXPORTER_CONSTANT) or len(init.dims) != 2 or not uses or None in uses:
+            kept.append(init)
+            continue
+        value = numpy_helper.to_array(init)
+        matches = [n for n in by_shape.get(tuple(value.shape), []) if np.array_equal(params[n].T, value)]
+        if len(matches) > 1:
+            biases = {i for node in uses for reader in _readers_of(graph, node.output[0]) for i in reader.input}
+            matches = [n for n in matches if n.removesuffix("weight") + "bias" in biases]
+        if len(matches) != 1:
+            kept.append(init)
+            continue
+        name = matches[0]
+        if name not in existing:
+            kept.append(numpy_helper.from_array(params[name].astype(value.dtype), name))
+            existing.add(name)
+        transposes.append(helper.make_node("Transpose", [name], [init.name], name=f"{name}/transpose", perm=[1, 0]))
+    if not transposes:
+        return
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = transposes + list(graph.node)  # their inputs are initializers: first is topological order
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _readers_of(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:
+    return [n for n in graph.node if tensor in n.input]

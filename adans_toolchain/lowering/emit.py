@@ -53,5 +53,9 @@ def lower_plan(
     )
     model, simplify_log = run_passes(pre, [SimplifyPass(), CheckModelPass()])
     x = check_images[:VALIDATION_IMAGES]
-    validation = validate_lowered(model, evaluator.logits(plan, x), x.numpy(), threads=threads)
+    # Only when the plain tolerance is exceeded: how much float32 rounding moves this plan's logits (validate.py).
+    validation = validate_lowered(
+        model, evaluator.logits(plan, x), x.numpy(), threads=threads,
+        float64_reference=lambda n: evaluator.float64_logits(plan, x[:n]),
+    )
     return Emitted(model, pre, validation, log + simplify_log)

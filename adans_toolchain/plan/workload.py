@@ -16,7 +16,7 @@ from cost_models.workload import OpWorkload, Workload
 from adans_toolchain.plan.plan import LayerDecomposition, Plan
 from adans_toolchain.analysis.factors import factor_name
 from adans_toolchain.analysis.channels import ChannelAnalysis
-from adans_toolchain.analysis.graph import Graph, attributes
+from adans_toolchain.analysis.graph import PROBE_BATCH, Graph, attributes
 
 # Operators that never cost anything at run time (metadata or folded away).
 _FREE_OPS = frozenset({"Constant", "Shape", "Size", "Identity", "Dropout", "ConstantOfShape", "Range"})
@@ -38,12 +38,16 @@ def channel_counts(analysis: ChannelAnalysis, plan: Plan | None) -> dict[str, in
     return counts
 
 
-def _with_channels(shape: tuple[int, ...], channels: int | None, batch: int) -> tuple[int, ...]:
+def _with_channels(shape: tuple[int, ...], channels: int | None, batch: int, axis: int = 1) -> tuple[int, ...]:
+    """`shape` at batch size `batch`, with `channels` on its channel axis (1, or where a Transpose moved it)."""
     if not shape:
         return shape
-    shape = (batch, *shape[1:])
-    if channels is not None and len(shape) >= 2:
-        shape = (shape[0], channels, *shape[2:])
+    # Axis 0 holds the probe's batch, or a multiple of it where a Reshape merged the batch with other axes
+    # (onnxsim's Reshape -> Gemm -> Reshape for a Linear on a channels-last tensor: [N*H*W, C]).
+    first = shape[0] // PROBE_BATCH * batch if len(shape) > 1 and shape[0] % PROBE_BATCH == 0 else batch
+    shape = (first, *shape[1:])
+    if channels is not None and len(shape) > axis:
+        shape = (*shape[:axis], channels, *shape[axis + 1 :])
     return shape
 
 
@@ -54,16 +58,23 @@ def graph_workload(
     batch: int = 1,
     decompositions: Mapping[str, LayerDecomposition] | None = None,
     sparsity: Mapping[str, float] | None = None,
+    channel_axes: Mapping[str, int] | None = None,
 ) -> Workload:
     """One OpWorkload per costly node.
 
-    `counts` overrides activation channel counts (structured pruning);
+    `counts` overrides activation channel counts (structured pruning), on
+    axis 1 or the tensor's axis in `channel_axes` (channels-last tensors);
     `decompositions` (by weight name) replaces a layer by its factors;
     `sparsity` (by weight name) is the fraction of zero weights.
     """
     counts = counts or {}
     decompositions = decompositions or {}
     sparsity = sparsity or {}
+    channel_axes = channel_axes or {}
+
+    def shape_of(name: str) -> tuple[int, ...]:
+        return _with_channels(graph.shapes.get(name, ()), counts.get(name), batch, channel_axes.get(name, 1))
+
     ops = []
     for node in graph.nodes:
         if node.op_type in _FREE_OPS or not node.input or not node.output:
@@ -72,8 +83,7 @@ def graph_workload(
         if data_in not in graph.activations:
             continue  # constant computation, folded before run time
         out = node.output[0]
-        in_shape = _with_channels(graph.shapes.get(data_in, ()), counts.get(data_in), batch)
-        out_shape = _with_channels(graph.shapes.get(out, ()), counts.get(out), batch)
+        in_shape, out_shape = shape_of(data_in), shape_of(out)
         attrs = attributes(node)
         weight_shape: tuple[int, ...] = ()
         kernel = strides = dilations = ()
@@ -96,14 +106,18 @@ def graph_workload(
         elif node.op_type == "Gemm":
             k, f = in_shape[-1], out_shape[-1]
             weight_shape = (f, k) if attrs.get("transB", 0) else (k, f)
-        elif node.op_type == "MatMul" and node.input[1] in graph.initializers:
+        elif node.op_type == "MatMul" and graph.is_constant(node.input[1]):
+            # A stored weight, or Transpose of one (a Linear on a channels-last tensor).
             weight_shape = (in_shape[-1], out_shape[-1])
         elif node.op_type == "BatchNormalization":
             weight_shape, has_bias = (out_shape[1],), True
+        elif node.op_type == "LayerNormalization" and len(node.input) > 1 and node.input[1] in graph.shapes:
+            # Scale (and bias) over the normalised axes, which hold no pruned channels (the analysis freezes those).
+            weight_shape = tuple(graph.shapes[node.input[1]])
         # Other *activation* inputs only (Add/Mul/Concat operands): constant
         # inputs are weights, whose pruned shape is `weight_shape`.
         extra = tuple(
-            _with_channels(graph.shapes.get(i, ()), counts.get(i), batch) for i in node.input[1:] if i in graph.activations
+            shape_of(i) for i in node.input[1:] if i in graph.activations
         )
         op = OpWorkload(
             op_type=node.op_type,
@@ -186,7 +200,8 @@ def plan_workload(analysis: ChannelAnalysis, plan: Plan | None, *, batch: int = 
     decompositions = {d.layer: d for d in plan.active_decompositions}
     sparsity = {s.layer: s.removed / s.size for s in plan.active_sparsity}
     return graph_workload(
-        analysis.graph, channel_counts(analysis, plan), batch=batch, decompositions=decompositions, sparsity=sparsity
+        analysis.graph, channel_counts(analysis, plan), batch=batch, decompositions=decompositions, sparsity=sparsity,
+        channel_axes=analysis.channel_axes,
     )
 
 

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from adans_toolchain.analysis.channels import CONSUMER, PRODUCER, analyse_channels, channel_slice
 from adans_toolchain.analysis.graph import Graph
+from adans_toolchain.frontend.export import export_onnx
 from tests.conftest import randomise_batchnorm
 from tests.helpers import build, export_and_analyse
 
@@ -182,40 +183,43 @@ def test_torchvision_architectures_search_more_groups(name, before, after, total
 # -- channels-last (ConvNeXt) ------------------------------------------------------
 
 
-def test_convnext_layer_norm_over_channels_and_exporter_named_linear_weights_freeze_with_reasons():
-    analysis = export_and_analyse(build("convnext_tiny"), (3, 32, 32)).analysis
+def test_convnext_mlp_hidden_channels_are_groups_and_layer_norm_over_channels_freezes_with_its_reason():
+    exported = export_and_analyse(build("convnext_tiny"), (3, 32, 32))
+    analysis = exported.analysis
+    # frontend.export stores the MLP's Linear weights under their parameter names (Transpose(weight), not onnx::MatMul_N).
+    assert not [i.name for i in exported.onnx_model.graph.initializer if i.name.startswith("onnx::")]
+    hidden = analysis.prunable_groups
+    assert sorted(g.size for g in hidden) == [384] * 3 + [768] * 3 + [1536] * 9 + [3072] * 3  # 4 x dim per block
+    nodes = {n.name: n for n in analysis.graph.nodes}
+    first = next(g for g in hidden if g.size == 384)
+    assert [nodes[p].op_type for p in first.producers] == ["MatMul"] and [nodes[c].op_type for c in first.consumers] == ["MatMul"]
+    assert all(analysis.graph.shapes[t][-1] == 384 for t in first.tensors)  # channels-last: the last axis
+    bindings = {(b.param, b.axis, b.role) for b in analysis.bindings if b.tensor in first.tensors}
+    assert ("features.1.0.block.3.weight", 0, "producer") in bindings  # [out, in], the parameter's own layout
+    assert ("features.1.0.block.5.weight", 1, "consumer") in bindings
+    # The residual streams stay out: LayerNorm normalises over their channels.
     reasons = [g.frozen_reason for g in analysis.frozen_groups]
-    assert not analysis.prunable_groups
     assert any("LayerNormalization node" in r and "statistics span the channel axis" in r for r in reasons)
-    assert any("MatMul node" in r and "folded transpose" in r for r in reasons)
+    assert all("LayerNormalization" in r or "model input" in r or "model output" in r for r in reasons), reasons
     # The channel axis is followed through the Permute: a channels-last tensor has the channels of its last axis.
-    permuted = next(n.output[0] for n in analysis.graph.nodes if n.op_type == "Transpose")
+    permuted = next(n.output[0] for n in analysis.graph.nodes if n.op_type == "Transpose" and n.input[0] in analysis.graph.activations)
     assert analysis.channel_tensors[permuted] == analysis.graph.shapes[permuted][-1] == 96
     assert analysis.channel_axes[permuted] == 3
 
 
-def _named_matmul_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The exporter's own constant names replaced by ordinary ones, as another exporter would store the weights."""
-    renamed = {i.name: "w_" + i.name.split("_")[-1] for i in model.graph.initializer if i.name.startswith("onnx::")}
-    for i in model.graph.initializer:
-        i.name = renamed.get(i.name, i.name)
+def test_a_folded_linear_weight_no_parameter_matches_freezes_with_its_reason():
+    """An exporter constant that is not a parameter's transpose (here: perturbed) keeps its name and freezes."""
+    model = export_onnx(build("convnext_tiny").eval(), (3, 32, 32))
+    first = next(n for n in model.graph.node if n.op_type == "Transpose" and n.name.endswith("/transpose"))
+    param = next(i for i in model.graph.initializer if i.name == first.input[0])
+    value = numpy_helper.to_array(param).T.copy()
+    model.graph.initializer.append(numpy_helper.from_array(value, "onnx::MatMul_999"))
     for n in model.graph.node:
-        n.input[:] = [renamed.get(i, i) for i in n.input]
-    return model
-
-
-def test_convnext_mlp_hidden_channels_are_a_group_when_the_weights_are_named():
-    from adans_toolchain.frontend.export import export_onnx
-
-    model = _named_matmul_weights(export_onnx(build("convnext_tiny").eval(), (3, 32, 32)))
+        n.input[:] = ["onnx::MatMul_999" if i == first.output[0] else i for i in n.input]
+    model.graph.node.remove(first)
     analysis = analyse_channels(Graph.from_model(model, (3, 32, 32)))
-    hidden = analysis.prunable_groups
-    assert len(hidden) == 18  # one per block: Linear(dim, 4 dim) -> GELU -> Linear(4 dim, dim)
-    first = next(g for g in hidden if g.size == 384)
-    nodes = {n.name: n for n in analysis.graph.nodes}
-    assert [nodes[p].op_type for p in first.producers] == ["MatMul"] and [nodes[c].op_type for c in first.consumers] == ["MatMul"]
-    # The hidden tensors are channels-last: 384 channels on their last axis.
-    assert all(analysis.graph.shapes[t][-1] == 384 for t in first.tensors)
+    assert len(analysis.prunable_groups) == 17
+    assert any("MatMul node" in g.frozen_reason and "folded transpose" in g.frozen_reason for g in analysis.frozen_groups)
 
 
 def _layer_norm_net(axis: int) -> onnx.ModelProto:
