@@ -284,7 +284,49 @@ def render_search(rows: list) -> list[str]:
     ]
 
 
-def render(suite: str, runs_of: str) -> str:
+CHECKPOINTS = (50, 100, 150, 200, 250)  # search samples at which the samplers' best feasible plans are compared
+
+
+def _best_feasible_by_samples(history: Path) -> tuple[int, dict[int, float]]:
+    """Search samples in a job's journal, and the cheapest feasible cost ratio after each checkpoint's count."""
+    evals = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+    evals = [e for e in evals if e.get("type") == "eval"]
+    best, at = 1.0, {}
+    for count, e in enumerate(evals, 1):
+        if e["info"].get("feasible"):
+            best = min(best, float(e["info"]["cost_ratio"]))
+        if count in CHECKPOINTS:
+            at[count] = best
+    return len(evals), {**at, len(evals): best}
+
+
+def render_convergence(runs_of: str, names: list[str]) -> list[str]:
+    """Every job with a journal, finished or stopped at a deadline: cost of its best feasible plan (SEARCH-VAL) at
+    equal search samples. What a sampler is judged on; the one-rate rule and boundary come before and are shared."""
+    lines = [
+        "Best feasible plan on SEARCH-VAL (MACs of the baseline's) after N search samples, from each job's journal",
+        "(history.jsonl: the search's own samples, after the one-rate rule and the boundary); a job stopped at the",
+        "deadline has fewer samples (—).",
+        "",
+        "| job | samples | " + " | ".join(f"@{n}" for n in CHECKPOINTS) + " | final | TEST of the emitted model |",
+        "|---|---|" + "---|" * (len(CHECKPOINTS) + 2),
+    ]
+    for name in names:
+        history = _job_dir(runs_of, name) / "history.jsonl"
+        if not history.exists():
+            continue
+        count, at = _best_feasible_by_samples(history)
+        report = _job_dir(runs_of, name) / "report.json"
+        test = "—"
+        if report.exists():
+            r = json.loads(report.read_text())
+            test = f"{r['baseline']['top1_test']:.2f} → {r['compressed']['top1_test']:.2f} ({r['compressed']['macs'] / r['baseline']['macs']:.1%} MACs)"
+        cells = [f"{at[n]:.1%}" if n in at else "—" for n in CHECKPOINTS]
+        lines.append(f"| {name} | {count} | " + " | ".join(cells) + f" | {at[count]:.1%} | {test} |")
+    return lines
+
+
+def render(suite: str, runs_of: str, machine: str | None = None) -> str:
     rows = []
     for name, argv in suite_jobs(suite).items():
         report = _job_dir(runs_of, name) / "report.json"
@@ -301,7 +343,7 @@ def render(suite: str, runs_of: str) -> str:
     lines = [
         f"### Suite `{suite}` (tools/bench_compile.py)",
         "",
-        f"Machine: {_machine()}. Date: {date}. Each row is one `adans-compile` run; command lines below.",
+        f"Machine: {machine or _machine()}. Date: {date}. Each row is one `adans-compile` run; command lines below.",
         "Accuracy in %, VAL = the images the search scored, TEST = held-out images; MACs = compressed / baseline;",
         "theoretical = MACs ratio; predicted = the latency cost model for the target (est. = roofline estimate, no table);",
         "measured = ONNX Runtime on this host, batch 1 / batch 32 (min of interleaved repetitions), and measured / theoretical;",
@@ -313,15 +355,17 @@ def render(suite: str, runs_of: str) -> str:
     lines += [_row(name, r) for name, _, r in rows]
     if suite in ("search", "samplers"):
         lines += ["", *render_search(rows)]
+    if suite == "samplers":
+        lines += ["", *render_convergence(runs_of, list(suite_jobs(suite)))]
     lines += ["", "Commands:", ""]
     lines += [f"- `{name}`: `{r['command']}`" for name, _, r in rows]
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(suite: str, heading: str, runs_of: str) -> None:
+def write_markdown(suite: str, heading: str, runs_of: str, machine: str | None = None) -> None:
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"## {heading}\n\n" + render(suite, runs_of)
+    section = f"## {heading}\n\n" + render(suite, runs_of, machine)
     pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     path.write_text(text)
@@ -347,11 +391,13 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=1, help="jobs run at once (on a GPU machine; never for CPU timings)")
     p.add_argument("--deadline", type=float, help="stop every job still running after this many seconds")
     p.add_argument("--write-md", action="store_true", help="render the suite's section of BENCHMARKS.md and exit")
+    p.add_argument("--machine", help="with --write-md: the machine the runs were made on (default: this one)")
     args = p.parse_args()
     deadline = None if args.deadline is None else time.monotonic() + args.deadline
     runs_of = args.suite if args.device == "cpu" else f"{args.suite}-{args.device.split(':')[0]}"
     if args.write_md:
-        write_markdown(args.suite, HEADINGS[args.suite] + ("" if args.device == "cpu" else f", on {args.device}"), runs_of)
+        write_markdown(args.suite, HEADINGS[args.suite] + ("" if args.device == "cpu" else f", on {args.device}"), runs_of,
+                       args.machine)
         return
     jobs = [(name, on_device(argv, args.device)) for name, argv in suite_jobs(args.suite).items()
             if not args.jobs or name in args.jobs]
