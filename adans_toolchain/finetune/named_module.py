@@ -31,7 +31,7 @@ from onnx import numpy_helper
 
 from adans_toolchain.analysis.graph import Graph, attributes
 from adans_toolchain.errors import LoweringError
-from adans_toolchain.finetune.onnx_module import _OPS
+from adans_toolchain.finetune.onnx_module import _OPS, store_outputs
 
 _CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _BATCHNORMS = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
@@ -145,11 +145,7 @@ class NamedOnnxModule(nn.Module):
             else:
                 inputs = [self._value(env, i) if i else None for i in node.input]
                 outputs = _OPS[node.op_type](self, node, inputs, a)
-            if not isinstance(outputs, tuple):
-                outputs = (outputs,)
-            for name, value in zip(node.output, outputs):
-                if name:
-                    env[name] = value
+            store_outputs(env, node, outputs)
         return env[self.output_name]
 
 

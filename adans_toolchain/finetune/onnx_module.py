@@ -80,12 +80,7 @@ class OnnxModule(nn.Module):
         env: dict[str, object] = {self.input_name: x}
         for node in self.nodes:
             inputs = [self._value(env, i) if i else None for i in node.input]
-            outputs = _OPS[node.op_type](self, node, inputs, attributes(node))
-            if not isinstance(outputs, tuple):
-                outputs = (outputs,)
-            for name, value in zip(node.output, outputs):
-                if name:
-                    env[name] = value
+            store_outputs(env, node, _OPS[node.op_type](self, node, inputs, attributes(node)))
         return env[self.output_name]
 
     def trained_initializers(self) -> dict[str, np.ndarray]:
@@ -273,3 +268,12 @@ _OPS = {
     "Softmax": lambda m, n, x, a: F.softmax(x[0], dim=a.get("axis", -1)),
     "Cast": lambda m, n, x, a: x[0].to({1: torch.float32, 6: torch.int32, 7: torch.int64, 9: torch.bool}[a["to"]]),
 }
+
+
+def store_outputs(env: dict, node, outputs) -> None:
+    """Bind a node's outputs (one value or a tuple) to its output names; an empty name is an unused output."""
+    if not isinstance(outputs, tuple):
+        outputs = (outputs,)
+    for name, value in zip(node.output, outputs):
+        if name:
+            env[name] = value

@@ -35,7 +35,7 @@ import torch
 from adans_toolchain.analysis.graph import attributes
 from adans_toolchain.errors import LoweringError
 from adans_toolchain.finetune.onnx_module import _OPS as OPERATORS  # noqa: N811 - the interpreter's operator table
-from adans_toolchain.finetune.onnx_module import OnnxModule
+from adans_toolchain.finetune.onnx_module import OnnxModule, store_outputs
 from adans_toolchain.quantization.qdq import WEIGHT_RANGE
 from adans_toolchain.quantization.spec import (
     ActivationQuant, ConstantQuant, QuantSpec, activation_params, adjust_weight_scale_for_bias, bias_scale, weight_params,
@@ -99,14 +99,11 @@ class SimulatedInt8(torch.nn.Module):
                 else:
                     value = graph._value(env, name)
                     inputs.append(fake_quant(value, spec.activations[key]) if quantize and key in spec.activations else value)
-            outputs = OPERATORS[node.op_type](graph, node, inputs, attributes(node))
-            if not isinstance(outputs, tuple):
-                outputs = (outputs,)
-            for name, value in zip(node.output, outputs):
-                if name:
-                    env[name] = value
-                    if observe is not None:
-                        _observe(observe, name, value)
+            store_outputs(env, node, OPERATORS[node.op_type](graph, node, inputs, attributes(node)))
+            if observe is not None:
+                for name in node.output:
+                    if name and name in env:
+                        _observe(observe, name, env[name])
         out = env[graph.output_name]
         if quantize and graph.output_name in spec.outputs:
             out = fake_quant(out, spec.outputs[graph.output_name])
