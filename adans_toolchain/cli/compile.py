@@ -167,7 +167,24 @@ def _print_summary(report: dict, out: Path) -> None:
         print(_one_rate_line(rule))
     if "int8" in report:
         print(_int8_line(report["int8"], out))
+    family = report.get("family")
+    if family:  # --budgets: a line per member (OUT's own files are the largest budget's)
+        for m in family["members"]:
+            print(_member_line(m, out / family["folder"]))
+        print(f"family: {out / family['folder'] / 'family.md'}")
     print(f"model: {out / 'model.onnx'}\nreport: {out / 'report.md'}")
+
+
+def _member_line(m: dict, folder: Path) -> str:
+    """--budgets: one member of the family."""
+    t = m["top1"]
+    line = f"budget {m['budget']:.2f}: {m['cost_ratio']:.1%} of the cost, {m['macs_ratio']:.1%} MACs, VAL {t['val']:.2f} %"
+    if t.get("test") is not None:
+        line += f", TEST {t['test']:.2f} %"
+    measured = [(k.removeprefix("batch_"), v) for k, v in (m.get("measured") or {}).items() if k.startswith("batch_")]
+    if measured:
+        line += "; measured " + ", ".join(f"{v['speedup']:.2f}x @ batch {b}" for b, v in measured)
+    return line + f": {folder / m['folder'] / 'model.onnx'}"
 
 
 def _int8_line(q: dict, out: Path) -> str:

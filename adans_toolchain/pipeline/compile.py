@@ -344,6 +344,10 @@ def _compile(cfg: CompileConfig, progress: Progress, ws: Workspace, stage=None) 
     run = _Run(cfg, inputs, evaluator, executor, transform, space, cost_model, score, cache, ws, identity, progress, timings, t0,
                stage=stage)
     try:
+        if cfg.budgets:  # --budgets (issue 17): one search, a nested family of models, one per budget
+            from adans_toolchain.pipeline.family import compile_family
+
+            return compile_family(run)
         if stage is not None and baseline_val < threshold:  # a later round that starts below the threshold
             search, selected = _unsearched(run)
             notes = tuple(evaluator.notes)
@@ -845,8 +849,13 @@ def _select_on_holdout(run: _Run, feasible: list[Evaluation]) -> SelectedPlan:
     return SelectedPlan(best, space.decode(best.x), tuple(notes), selection)
 
 
-def _emit(run: _Run, search: SearchOutcome, selected: SelectedPlan, evaluator_notes: tuple[str, ...]) -> dict:
-    """Lower, validate, measure (and fine-tune if asked) the chosen plan; write OUT and the report."""
+def _emit(run: _Run, search: SearchOutcome, selected: SelectedPlan, evaluator_notes: tuple[str, ...], *,
+          baseline: onnx.ModelProto | None = None, report_extra: dict | None = None) -> dict:
+    """Lower, validate, measure (and fine-tune if asked) the chosen plan; write OUT and the report.
+
+    --budgets (pipeline/family.py) emits each member through this into its own folder: `baseline` is the
+    simplified original made once for all of them (no baseline.onnx is then written beside each member), and
+    `report_extra` is merged into the member's report."""
     cfg, inputs, evaluator, progress, timings = run.cfg, run.inputs, run.evaluator, run.progress, run.timings
     plan = selected.plan
     # --rounds: baseline.onnx, MACs, the layer and group tables and the predicted latency are of the original
@@ -856,7 +865,7 @@ def _emit(run: _Run, search: SearchOutcome, selected: SelectedPlan, evaluator_no
     progress.step("lowering the best plan and validating it numerically")
     t = time.perf_counter()
     models = EmittedModels(
-        simplify(original.onnx_model) if stage is None else stage.baseline_onnx,
+        baseline if baseline is not None else simplify(original.onnx_model) if stage is None else stage.baseline_onnx,
         lower_plan(inputs.onnx_model, inputs.analysis, plan, run.transform, evaluator, inputs.val.x, threads=inputs.threads),
     )
     report_plan, report_identity = plan, run.identity
@@ -890,7 +899,8 @@ def _emit(run: _Run, search: SearchOutcome, selected: SelectedPlan, evaluator_no
     timings["total_s"] = time.perf_counter() - run.t0
 
     out = run.ws.root  # OUT, or the sibling an --overwrite is built in (swapped in when this returns)
-    if stage is None or stage.final:  # --rounds: OUT/rounds/<k>/ holds no copy of the original model
+    # --rounds: OUT/rounds/<k>/ holds no copy of the original model; --budgets: nor does OUT/budgets/<B>/.
+    if (stage is None or stage.final) and baseline is None:
         atomic_write_bytes(out / "baseline.onnx", models.baseline.SerializeToString())
     atomic_write_bytes(out / "model.onnx", models.compressed.model.SerializeToString())
     if int8 is not None:
@@ -923,6 +933,7 @@ def _emit(run: _Run, search: SearchOutcome, selected: SelectedPlan, evaluator_no
         cfg, _subject(original), _search_facts(run, search, selected, evaluator.recalibrates(plan)), outcome,
         notes=notes, timings=timings, rounds=rounds,
     )
+    report.update(report_extra or {})
     report_writer.write_report(out, report, search.result.iterations)
     return report
 

@@ -235,6 +235,14 @@ class CompileConfig:
         help="with --rounds R > 1: fine-tuning epochs of every round but the last (default: --finetune-epochs // R, "
         "at least 1)",
     )
+    budgets: tuple[float, ...] | None = setting(
+        nargs="+", metavar="B", group=SEARCH,
+        help="a family of models from one search: for each budget B (a fraction of the baseline's --cost, e.g. "
+        "0.8 0.6 0.4; distinct, in (0, 1]) the most accurate plan found whose cost is within it, each nested in the "
+        "next larger one's channels, in OUT/budgets/<B>/ (model.onnx, plan.json, report.*), with "
+        "OUT/budgets/family.json, family.md and pareto.png; --iterations is split among the budgets, every "
+        "candidate runs on all of VAL (no early rejection), and OUT's own files are the largest budget's member",
+    )
     samples: int = setting(50, metavar="B", group=SEARCH, help="samples per iteration, b. " + _BUDGET)
     iterations: int = setting(20, metavar="T", group=SEARCH, resumable=True,
                               help="iterations, T, including the initial batch; a resume may add more. The default "
@@ -347,6 +355,7 @@ class CompileConfig:
         if (self.mean is None) != (self.std is None) or (self.mean and len(self.mean) != len(self.std)):
             raise ConfigError("give --mean and --std together, with one value per image channel each")
         self._check_rounds(methods)
+        self._check_budgets()
 
     def _check_rounds(self, methods: tuple[str, ...]) -> None:
         """--rounds and --round-epochs; resolves the default of --round-epochs, so OUT/config.json records the
@@ -371,6 +380,36 @@ class CompileConfig:
             object.__setattr__(self, "round_epochs", max(1, self.finetune_epochs // self.rounds))
         elif self.round_epochs < 1:
             raise ConfigError("--round-epochs must be >= 1 (every round is fine-tuned before the next one searches)")
+
+    def _check_budgets(self) -> None:
+        """--budgets: fractions in (0, 1], distinct to two decimals (their folder names), normalised to largest
+        first; a family needs one search iteration per budget, one round, and exact accuracies below the
+        threshold, so early rejection is resolved to off (a confidence given explicitly is refused)."""
+        if self.budgets is None:
+            return
+        budgets = tuple(float(b) for b in self.budgets)
+        if not budgets:
+            raise ConfigError("--budgets needs at least one budget, a fraction of the baseline's cost (e.g. 0.8 0.6 0.4)")
+        bad = [b for b in budgets if not 0 < b <= 1]
+        if bad:
+            raise ConfigError(f"--budgets {bad[0]:g}: a budget is a fraction of the baseline's cost, in (0, 1]")
+        names = [f"{b:.2f}" for b in budgets]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"--budgets must be distinct to two decimals (each names a folder OUT/budgets/<B>); "
+                              f"{repeated[0]} is given more than once")
+        if self.rounds > 1:
+            raise ConfigError(f"--budgets searches one family of models in one round; give --rounds 1 (not "
+                              f"{self.rounds}), or run --rounds without --budgets")
+        if self.iterations < len(budgets):
+            raise ConfigError(f"--budgets splits --iterations among the budgets, one at least each: give --iterations "
+                              f">= {len(budgets)} (now {self.iterations})")
+        if self.early_rejection not in ("exact", "off"):
+            raise ConfigError(f"--early-rejection {self.early_rejection} stops candidates below the accuracy threshold, "
+                              "but --budgets chooses members there too and needs their exact accuracy; leave it out "
+                              "or give --early-rejection off")
+        object.__setattr__(self, "budgets", tuple(sorted(budgets, reverse=True)))
+        object.__setattr__(self, "early_rejection", "off")
 
     def epochs_of_round(self, k: int) -> int:
         """Fine-tuning epochs after round k (1-based) of --rounds: --round-epochs, the last round --finetune-epochs."""

@@ -13,6 +13,9 @@ Layout of OUT:
                        model.onnx, plan.json, round_plan.json, report.*; model_unfolded.onnx, the
                        fine-tuned model the next round starts from; round.json once it finished);
                        the files above in OUT itself are then the last round's (pipeline/rounds.py)
+    budgets/           with --budgets, a folder per member, budgets/<B>/ (its search phase's history.jsonl,
+                       model.onnx, plan.json, report.*), phases.json, family.json, family.md, pareto.png;
+                       the files above in OUT itself are then the largest budget's (pipeline/family.py)
 
 Final artifacts are written to a temporary name and renamed, so a failed or
 killed run never leaves a half-written model or report behind. --overwrite
