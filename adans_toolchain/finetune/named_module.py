@@ -172,6 +172,16 @@ def _param(value: np.ndarray) -> nn.Parameter:
     return nn.Parameter(torch.from_numpy(value.copy()).float())
 
 
+def _own_weight_and_bias(layer: nn.Module, names: list[str], values: dict) -> dict[str, str]:
+    """Give `layer` the initializers `names` (weight, and bias if there is one) as parameters: {initializer: attribute}."""
+    layer.weight = _param(values[names[0]])
+    owned = {names[0]: "weight"}
+    if len(names) > 1:
+        layer.bias = _param(values[names[1]])
+        owned[names[1]] = "bias"
+    return owned
+
+
 def _conv_layer(node, a, values, floats):
     names = [n for n in node.input[1:] if n]
     if any(n not in floats for n in names):
@@ -190,12 +200,7 @@ def _conv_layer(node, a, values, floats):
     group = int(a.get("group", 1))
     conv = _CONVS[n](w.shape[1] * group, w.shape[0], tuple(w.shape[2:]), stride=tuple(a.get("strides", [1] * n)),
                      padding=tuple(begin), dilation=tuple(a.get("dilations", [1] * n)), groups=group, bias=len(names) > 1)
-    conv.weight = _param(w)
-    owned = {names[0]: "weight"}
-    if len(names) > 1:
-        conv.bias = _param(values[names[1]])
-        owned[names[1]] = "bias"
-    return path, conv, owned, prepad
+    return path, conv, _own_weight_and_bias(conv, names, values), prepad
 
 
 def _batchnorm_layer(node, a, values, floats, probe):
@@ -223,9 +228,4 @@ def _linear_layer(node, a, values, floats):
         return None
     w = values[names[0]]
     linear = nn.Linear(w.shape[1], w.shape[0], bias=len(names) > 1)
-    linear.weight = _param(w)
-    owned = {names[0]: "weight"}
-    if len(names) > 1:
-        linear.bias = _param(values[names[1]])
-        owned[names[1]] = "bias"
-    return path, linear, owned, None
+    return path, linear, _own_weight_and_bias(linear, names, values), None
