@@ -155,8 +155,8 @@ class CompileConfig:
         "adans", choices=SAMPLER_NAMES, group=SEARCH,
         help="how AdaNS draws each iteration's samples: adans (default) screens many of the paper's gaussian "
         "proposals with a model of accuracy fitted on the history and the exact cost, and evaluates the most "
-        "promising (it reached lower MACs at equal evaluations than gaussian, TPE and CMA-ES on ResNet-20 and "
-        "ResNet-56: BENCHMARKS.md); gaussian (the paper's best), genetic (selection, crossover, mutation), zoom "
+        "promising (at equal evaluations it reached lower MACs than gaussian, TPE and CMA-ES on ResNet-20, and "
+        "than gaussian and TPE on ResNet-56: BENCHMARKS.md); gaussian (the paper's best), genetic (selection, crossover, mutation), zoom "
         "(refines the best boxes), or uniform (no adaptation, a baseline); or Optuna's tpe or cmaes instead of "
         "AdaNS (extra: pip install -e \".[optuna]\")",
     )
