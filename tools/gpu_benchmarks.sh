@@ -17,13 +17,16 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     export PYTHONPATH=/tmp/site:$PWD
 fi
 export ADANS_BENCH_DATA=${ADANS_BENCH_DATA:-$PWD/.gpu} PYTHONUNBUFFERED=1
+# numpy's BLAS (the adans sampler's fits) otherwise takes every core in every job: on 2026-12-04, 8 concurrent
+# jobs slowed about 20x at once (suspected oversubscription, not diagnosed).
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-2} MKL_NUM_THREADS=${MKL_NUM_THREADS:-2}
 DEVICE=${DEVICE:-cuda}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 python3 -c "import torch, onnxruntime; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'ort', onnxruntime.__version__)"
 
 python3 tools/bench_compile.py --deadline "$DEADLINE" --suite recovery --device "$DEVICE" --parallel 2 ${RECOVERY_JOBS:+--jobs $RECOVERY_JOBS} &
 recovery=$!
-python3 tools/bench_compile.py --deadline "$DEADLINE" --suite samplers --device "$DEVICE" --parallel "${SAMPLER_PARALLEL:-6}" ${SAMPLER_JOBS:+--jobs $SAMPLER_JOBS} &
+python3 tools/bench_compile.py --deadline "$DEADLINE" --suite samplers --device "$DEVICE" --parallel "${SAMPLER_PARALLEL:-4}" ${SAMPLER_JOBS:+--jobs $SAMPLER_JOBS} &
 samplers=$!
 wait $samplers; echo "samplers suite exit $?"
 wait $recovery; echo "recovery suite exit $?"
