@@ -496,6 +496,12 @@ def _rule_plan(run: _Run, rule: OneRate) -> Plan:
     return run.space.decode(rule.point(run.space.dim)) if rule.rate else run.identity
 
 
+def points_cost(run: _Run, xs: np.ndarray) -> np.ndarray:
+    """The cost on the target, by the search's cost model, of each point of the search space (rows of `xs`)."""
+    plans = run.space.decode_batch(np.atleast_2d(xs))
+    return run.cost_model.estimate(plan_workloads(run.inputs.analysis, plans, batch=run.inputs.target.batch_size))
+
+
 def _plan_cost(run: _Run, plan: Plan) -> float:
     """`plan`'s cost on the target by the search's cost model, as a fraction of the baseline's."""
     workload = plan_workloads(run.inputs.analysis, [plan], batch=run.inputs.target.batch_size)
@@ -573,9 +579,7 @@ class _Objective:
 
     def costs(self, xs: np.ndarray) -> np.ndarray:
         """Each point's cost on the target: exact and needs no evaluation, so the `adans` sampler prices its pool."""
-        run = self.run
-        plans = run.space.decode_batch(np.atleast_2d(xs))
-        return run.cost_model.estimate(plan_workloads(run.inputs.analysis, plans, batch=run.inputs.target.batch_size))
+        return points_cost(self.run, xs)
 
     def show(self, summary) -> None:
         """Progress after each AdaNS iteration."""

@@ -188,14 +188,9 @@ def compile_family(run) -> dict:
 # -- reach -----------------------------------------------------------------------------------------
 
 
-def _costs(run, xs: np.ndarray) -> np.ndarray:
-    plans = run.space.decode_batch(np.atleast_2d(xs))
-    return run.cost_model.estimate(plan_workloads(run.inputs.analysis, plans, batch=run.inputs.target.batch_size))
-
-
 def _check_space_reaches(run, smallest: float) -> None:
     """Before any evaluation: a budget below the cheapest plan of the whole search space is an error."""
-    cheapest = float(_costs(run, np.ones(run.space.dim))[0]) / run.score.baseline_cost
+    cheapest = float(pipeline.points_cost(run, np.ones(run.space.dim))[0]) / run.score.baseline_cost
     if cheapest > smallest:
         raise ConfigError(
             f"--budgets {smallest:g} is out of reach: the cheapest plan the search can make (every searched group cut "
@@ -211,9 +206,9 @@ def _box(run, rule, boundary, smallest: float) -> np.ndarray:
     if rule.rate:
         upper = np.maximum(upper, rule.point(run.space.dim))
     cap = smallest * run.score.baseline_cost
-    if float(_costs(run, upper)[0]) <= cap:
+    if float(pipeline.points_cost(run, upper)[0]) <= cap:
         return upper
-    widened = point_within(upper, np.ones(run.space.dim), lambda xs: _costs(run, xs), cap)
+    widened = point_within(upper, np.ones(run.space.dim), lambda xs: pipeline.points_cost(run, xs), cap)
     if widened is None:  # only a cost that rises with compression (a latency table) can get here
         raise ConfigError(f"--budgets {smallest:g}: no plan of the search space is within it by the {run.cfg.cost} model")
     run.progress.step(f"the boundary's box holds nothing within budget {smallest:g}: widened towards full compression "
@@ -442,7 +437,7 @@ def _choose_members(run, budgets, candidates: dict[str, Candidate], evaluation_b
                         nested.append(existing)
                     tried += 1
                     continue
-                cost = float(_costs(run, x)[0])
+                cost = float(pipeline.points_cost(run, x)[0])
                 if cost > b * run.score.baseline_cost * (1 + 1e-12):
                     continue  # a cost that rises with compression (a latency table): the clamp is not within
                 accuracy = float(evaluation_budget(x[None])[0])

@@ -143,7 +143,7 @@ def _run():
 
 
 def test_a_more_accurate_plan_not_nested_in_the_larger_member_is_clamped_and_evaluated_again(monkeypatch):
-    monkeypatch.setattr(family, "_costs", _cost)
+    monkeypatch.setattr(family.pipeline, "points_cost", _cost)
     evaluated = []
 
     def accuracy(xs):
@@ -162,7 +162,7 @@ def test_a_more_accurate_plan_not_nested_in_the_larger_member_is_clamped_and_eva
 
 
 def test_a_clamped_plan_that_loses_leaves_the_nested_one_and_no_budget_is_left_unreached(monkeypatch):
-    monkeypatch.setattr(family, "_costs", _cost)
+    monkeypatch.setattr(family.pipeline, "points_cost", _cost)
     cands = [_candidate((4, 0), 90.0), _candidate((1, 9), 80.0), _candidate((5, 5), 70.0)]
     members, _ = family._choose_members(_run(), (0.8, 0.5), {c.key: c for c in cands}, lambda xs: np.array([60.0]),
                                         allowance=10)
@@ -173,7 +173,7 @@ def test_a_clamped_plan_that_loses_leaves_the_nested_one_and_no_budget_is_left_u
 
 
 def test_a_smaller_member_at_least_as_accurate_is_the_larger_budgets_member_too(monkeypatch):
-    monkeypatch.setattr(family, "_costs", _cost)
+    monkeypatch.setattr(family.pipeline, "points_cost", _cost)
     # Equal accuracy: the cheaper plan wins in both budgets.
     tied = [_candidate((2, 1), 70.0), _candidate((5, 3), 70.0)]  # 85 % and 60 % of the cost
     members, _ = family._choose_members(_run(), (0.9, 0.6), {c.key: c for c in tied}, lambda xs: np.array([0.0]),
