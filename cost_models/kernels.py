@@ -25,6 +25,13 @@ either form to the same list of kernels:
 A kernel's *family* is everything about it except its channel counts; a
 lookup table stores one family per key with measurements over a grid of
 channel counts (see `lut.py`).
+
+Precision: a kernel whose weighted operator has int8 weights
+(`OpWorkload.weight_bits`, set by precision.with_weight_bits) runs as ONNX
+Runtime's fused integer kernel (QLinearConv, QGemm, QLinearMatMul) on uint8
+activations; its family carries `"precision": "int8"`, so it is priced from
+the table's int8 entries. Float families carry no precision field, so the
+keys of tables profiled before int8 existed are unchanged.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from math import prod
 
-from .workload import OpWorkload, Shape, Workload
+from .workload import FLOAT_PRECISION, OpWorkload, Shape, Workload, precision_name
 
 # Activations ONNX Runtime fuses into the preceding Conv/Gemm (FusedConv,
 # NCHWc Conv, FusedGemm).
@@ -75,6 +82,10 @@ _IDENTITY_WHEN_SAME_SHAPE = frozenset(
 
 _CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 _GEMM_OPS = frozenset({"Gemm", "MatMul"})
+
+# Activations of an int8 kernel: ONNX Runtime's QDQ kernels read and write
+# uint8 (quantization/qdq.py INT8_SCHEME: uint8, asymmetric, per tensor).
+QUANTIZED_ACTIVATION_DTYPE = "uint8"
 
 BYTES_PER_ELEMENT = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1, "int32": 4, "int64": 8}
 
@@ -142,6 +153,25 @@ class Kernel:
         return (
             self.is_conv and a.groups > 1 and len(a.input_shape) > 1 and a.groups == a.input_shape[1] == a.output_shape[1]
         )
+
+    @property
+    def precision(self) -> str:
+        """'fp32', or 'int8' for a weighted kernel with int8 weights (which then runs on uint8 activations)."""
+        return precision_name(self.anchor.weight_bits)
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision != FLOAT_PRECISION
+
+    @property
+    def activation_dtype(self) -> str:
+        return QUANTIZED_ACTIVATION_DTYPE if self.quantized else self.anchor.dtype
+
+    def with_weight_bits(self, bits: int) -> "Kernel":
+        """The same kernel with its weighted operator at `bits`-bit weights."""
+        from dataclasses import replace
+
+        return replace(self, ops=(replace(self.anchor, weight_bits=bits), *self.ops[1:]))
 
     @property
     def folds_batchnorm(self) -> bool:
@@ -215,7 +245,7 @@ class Kernel:
             groups: object = "depthwise"
         else:
             groups = int(a.groups)
-        return {
+        fields = {
             "pattern": self.pattern,
             "batch": self.batch,
             "dtype": a.dtype,
@@ -229,6 +259,9 @@ class Kernel:
             "groups": groups,
             "attrs": {k: _jsonable(v) for k, v in a.attributes},
         }
+        if self.quantized:  # float families keep the keys they had before int8 was profiled
+            fields["precision"] = self.precision
+        return fields
 
     @cached_property
     def family_key(self) -> str:
@@ -237,7 +270,7 @@ class Kernel:
     # -- what the kernel moves and computes (for roofline and memory) --------
     def activation_bytes(self) -> int:
         """Bytes read from and written to activations (inputs once, output once)."""
-        size = element_bytes(self.anchor.dtype)
+        size = element_bytes(self.activation_dtype)
         shapes = [self.input_shape, self.output_shape]
         if self.residual:
             shapes.append(self.residual_shape)
@@ -396,9 +429,15 @@ def structure_fingerprint(kernels: tuple[Kernel, ...]) -> str:
     """Identifies a model's kernel structure independently of its channel counts.
 
     Every pruning plan of one model, in either graph form, has the same
-    fingerprint; lookup-table calibration is keyed by it.
+    fingerprint; lookup-table calibration is keyed by it. Precision is left
+    out: a model's calibration ratio then scales its float and int8 plans
+    alike, so a search compares them on the same footing.
     """
     import hashlib
 
-    text = "\n".join(k.family_key for k in kernels)
+    def structure(kernel: Kernel) -> str:
+        fields = {k: v for k, v in kernel.family_fields.items() if k != "precision"}
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+    text = "\n".join(structure(k) for k in kernels)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -24,6 +24,23 @@ input; the profiler measures that context as the `blocked_residual` variant.
 On targets with no blocked layout (ARM, CUDA) every kernel is plain and this
 step adds nothing.
 
+Precision: a kernel whose weights are int8 (precision.with_weight_bits) is
+priced from the table's int8 entries (`"precision": "int8"` families,
+profiled with `adans-profile --precisions float,int8`): ONNX Runtime's fused
+integer kernel reading and writing uint8 activations (the `int8` layout).
+Where an int8 kernel meets a float one, the replay above adds the
+QuantizeLinear or DequantizeLinear the runtime runs there (with its
+channels-last transposes), as measured; between int8 kernels nothing. So a
+layer is worth quantizing on a target only if its int8 kernel plus the
+conversions it causes beat its float kernel there, as the table says.
+Weight-free kernels (pooling, Flatten, a residual Add not fused into a
+convolution) are priced at their float cost, with the conversions around
+them; ONNX Runtime runs some of them in int8 between int8 layers (QLinearAdd,
+QLinearGlobalAveragePool), which these elementwise passes approximate. A table
+without int8 entries cannot price an int8 kernel and says so
+(`LookupTablePrecisionError`); the roofline prices one from its bytes (see
+roofline.py).
+
 Without a table, each kernel costs max(FLOPs/peak, bytes/bandwidth) + a
 per-kernel overhead from the target descriptor, and `notes`/`describe()`
 say "estimated (roofline)". A kernel family missing from a table is either
@@ -47,16 +64,20 @@ from .kernels import Kernel, element_bytes, executed_kernels, structure_fingerpr
 from .lut import (
     BLOCKED,
     PLAIN,
+    QUANTIZED,
     STATISTICS,
     LookupTable,
     LookupTableError,
+    LookupTablePrecisionError,
     RuntimeFacts,
     check_batch,
     check_header,
+    conversion_path,
+    missing_precision_message,
     reorder_family_key,
 )
 from .roofline import Roofline, RooflineUnavailableError, TableFit, kernel_bytes, kernel_flops
-from .workload import Workload, batch_of
+from .workload import FLOAT_PRECISION, Workload, batch_of
 
 SOURCE_TABLE = "measured table"
 SOURCE_ROOFLINE = "estimated (roofline)"
@@ -72,6 +93,7 @@ class KernelPrice:
     in_layout: str
     out_layout: str
     how: str  # "measured", "interpolated", "extrapolated", "estimated"
+    precision: str = FLOAT_PRECISION
 
 
 @dataclass(frozen=True)
@@ -79,7 +101,8 @@ class Prediction:
     """One workload's predicted latency, itemised."""
 
     kernels: tuple[KernelPrice, ...]
-    reorders: tuple[tuple[str, str, float], ...]  # (tensor, direction, ms)
+    # (tensor, direction, ms): layout reorders, and quantize/dequantize where float and int8 kernels meet
+    reorders: tuple[tuple[str, str, float], ...]
     nodes: int
     node_overhead_ms: float
     run_overhead_ms: float
@@ -149,8 +172,9 @@ class LatencyCostModel(CostModel):
         self.threads = threads or target.threads or 1
         self.calibrate = calibrate
         self.table: LookupTable | None = None
+        self.table_precisions: frozenset[str] = frozenset()  # what the table measured kernels at
         self.roofline: Roofline | None = None
-        self._fit: TableFit | None | bool = False  # False: not fitted yet
+        self._fits: dict[str, TableFit | None] = {}  # per precision; absent: not fitted yet
         self._base_notes: list[str] = []
         self._missing_families: dict[str, str] = {}
         self._other_notes: dict[str, str] = {}
@@ -158,9 +182,11 @@ class LatencyCostModel(CostModel):
         self.lut_path = path
         if lut_path is not None or path.is_file():
             self.table = LookupTable.load(path)
+            self.table_precisions = frozenset(self.table.precisions())
             self._base_notes += check_header(self.table.header, runtime_facts(target, self.threads), source=str(path))
             self.source = SOURCE_TABLE
-            self._base_notes.insert(0, f"{SOURCE_TABLE}: {path} ({len(self.table.families)} kernel families)")
+            self._base_notes.insert(0, f"{SOURCE_TABLE}: {path} ({len(self.table.families)} kernel families; "
+                                       f"precisions {', '.join(sorted(self.table_precisions)) or 'none'})")
         else:
             self.roofline = Roofline.from_target(target)
             self.source = SOURCE_ROOFLINE
@@ -180,7 +206,19 @@ class LatencyCostModel(CostModel):
             h = self.table.header
             d["lut"] = {k: h.get(k) for k in ("target", "device", "onnxruntime", "provider", "threads", "batch_sizes", "date")}
             d["lut"]["path"] = str(self.lut_path)
+            d["lut"]["precisions"] = sorted(self.table_precisions)
         return d
+
+    def check_precisions(self, precisions) -> None:
+        """Raise LookupTablePrecisionError unless the table can price every precision in `precisions`.
+
+        A roofline estimate (no table) prices any precision. Called for every
+        int8 kernel priced; the compile checks the table the same way when its
+        configuration is built (pipeline/costing.check_latency_precisions).
+        """
+        for precision in sorted(set(precisions) - {FLOAT_PRECISION}):
+            if self.table is not None and precision not in self.table_precisions:
+                raise LookupTablePrecisionError(missing_precision_message(str(self.lut_path), precision, self.target.id))
 
     # -- prediction ---------------------------------------------------------
     def predict(self, workload: Workload) -> Prediction:
@@ -204,10 +242,14 @@ class LatencyCostModel(CostModel):
         return Prediction(tuple(prices), tuple(reorders), nodes, node_ms, run_ms, scale, subtotal * scale)
 
     def _price_roofline(self, kernel: Kernel, roofline: Roofline | TableFit) -> KernelPrice:
-        return KernelPrice(kernel.anchor.name, kernel.pattern, roofline.kernel_ms(kernel), 1, PLAIN, PLAIN, "estimated")
+        layout = QUANTIZED if kernel.quantized else PLAIN
+        return KernelPrice(kernel.anchor.name, kernel.pattern, roofline.kernel_ms(kernel), 1, layout, layout, "estimated",
+                           kernel.precision)
 
     def _price_table(self, kernel: Kernel) -> tuple[KernelPrice, KernelPrice | None]:
         table = self.table
+        if kernel.quantized:
+            self.check_precisions({kernel.precision})
         fam = table.family(kernel.family_key)
         if fam is None or not fam.points:
             return self._price_missing(kernel), None
@@ -217,9 +259,11 @@ class LatencyCostModel(CostModel):
             self._other_notes[f"extrapolated:{fam.key}"] = (
                 f"{kernel.pattern} at channels {kernel.channels(fam.axes)} lies outside the table's grid; extrapolated"
             )
-        price = KernelPrice(kernel.anchor.name, kernel.pattern, est.ms, est.nodes, est.in_layout, est.out_layout, how)
+        price = KernelPrice(kernel.anchor.name, kernel.pattern, est.ms, est.nodes, est.in_layout, est.out_layout, how,
+                            kernel.precision)
         v = est.variant(BLOCKED_RESIDUAL)
-        variant = KernelPrice(kernel.anchor.name, kernel.pattern, v.ms, v.nodes, v.in_layout, v.out_layout, how) if v else None
+        variant = (KernelPrice(kernel.anchor.name, kernel.pattern, v.ms, v.nodes, v.in_layout, v.out_layout, how,
+                               kernel.precision) if v else None)
         return price, variant
 
     def _price_missing(self, kernel: Kernel) -> KernelPrice:
@@ -229,38 +273,43 @@ class LatencyCostModel(CostModel):
                 f"the latency table {self.lut_path} has no entry for {shapes} ({kernel.anchor.name}); "
                 f"profile this model into it (adans-profile --target {self.target.id} ... -o {self.lut_path})"
             )
-        fit = self._table_fit()
+        fit = self._table_fit(kernel.precision)
         price = self._price_roofline(kernel, fit)
         self._missing_families.setdefault(kernel.family_key, shapes)
         return price
 
-    def _table_fit(self) -> TableFit | Roofline:
-        if self._fit is False:
+    def _table_fit(self, precision: str) -> TableFit | Roofline:
+        """A roofline fitted to the table's kernels of `precision` (int8 and float kernels scale differently)."""
+        if precision not in self._fits:
             samples = [
                 (p.measurement.macs, p.measurement.bytes, p.measurement.ms(self.statistic))
-                for f in self.table.families.values()
-                if not str(f.fields.get("pattern", "")).startswith("Reorder")
+                for f in self.table.kernel_families(precision)
                 for p in f.points.values()
                 if p.measurement.macs is not None and p.measurement.bytes is not None
             ]
-            self._fit = TableFit.fit(samples)
-        if self._fit is not None:
-            return self._fit
+            self._fits[precision] = TableFit.fit(samples)
+        fit = self._fits[precision]
+        if fit is not None:
+            return fit
         try:
             return Roofline.from_target(self.target)
         except RooflineUnavailableError as e:
             raise UnsupportedOperatorError(f"a kernel is missing from the latency table and no estimate is possible: {e}") from e
 
     def _layouts(self, kernels, priced) -> tuple[list[KernelPrice], list[tuple[str, str, float]]]:
-        """Replay where the runtime changes layout between kernels; each change is one reorder node."""
+        """Replay the conversions the runtime inserts between kernels (layout reorders, quantize/dequantize).
+
+        Each conversion is one node, run once per tensor however many kernels read its result.
+        """
         layout: dict[str, str] = {}
         shapes: dict[str, tuple[int, ...]] = {}
-        reorders: dict[tuple[str, str], float] = {}
+        conversions: dict[tuple[str, str], float] = {}
         dtype = kernels[0].anchor.dtype if kernels else "float32"
 
         def need(tensor: str, want: str, shape) -> None:
-            if layout.get(tensor, PLAIN) != want and (tensor, want) not in reorders:
-                reorders[(tensor, want)] = self._reorder_ms(want, shape, dtype)
+            for direction in conversion_path(layout.get(tensor, PLAIN), want):
+                if (tensor, direction) not in conversions:
+                    conversions[(tensor, direction)] = self._conversion_ms(direction, shape, dtype)
 
         prices = []
         consumed = set()
@@ -268,8 +317,8 @@ class LatencyCostModel(CostModel):
             if k.residual and variant is not None and layout.get(k.residual) == BLOCKED and price.in_layout == BLOCKED:
                 price = variant  # the runtime fuses the Add into the blocked conv as a sum input
                 need(k.residual, BLOCKED, k.residual_shape)
-            elif k.residual:
-                need(k.residual, PLAIN, k.residual_shape)
+            elif k.residual:  # an int8 kernel adds its residual in int8 (QLinearAdd)
+                need(k.residual, QUANTIZED if price.in_layout == QUANTIZED else PLAIN, k.residual_shape)
             if k.data_input:
                 need(k.data_input, price.in_layout, k.input_shape)
             for name, shape in zip(k.others, k.other_shapes):
@@ -281,16 +330,15 @@ class LatencyCostModel(CostModel):
         for k in kernels:  # graph outputs leave in the plain layout
             if k.output not in consumed:
                 need(k.output, PLAIN, k.output_shape)
-        return prices, [(t, "ReorderInput" if want == BLOCKED else "ReorderOutput", ms) for (t, want), ms in reorders.items()]
+        return prices, [(t, direction, ms) for (t, direction), ms in conversions.items()]
 
-    def _reorder_ms(self, want: str, shape: tuple[int, ...], dtype: str) -> float:
-        direction = "ReorderInput" if want == BLOCKED else "ReorderOutput"
+    def _conversion_ms(self, direction: str, shape: tuple[int, ...], dtype: str) -> float:
         key = reorder_family_key(direction, batch=int(shape[0]), spatial=tuple(shape[2:]), dtype=dtype)
         fam = self.table.family(key)
         if fam is not None and fam.points:
             return fam.lookup((int(shape[1]),), align=1, statistic=self.statistic).ms
-        # No reorder of this spatial size was measured: scale by elements from
-        # the reorders that were (an estimate, reported).
+        # No conversion of this spatial size was measured: scale by elements
+        # from the conversions in that direction that were (an estimate, reported).
         rates = [
             p.measurement.ms(self.statistic) / (f.fields["batch"] * p.channels[0] * prod(f.fields["spatial"]))
             for f in self.table.families_with_pattern(direction)
@@ -298,7 +346,7 @@ class LatencyCostModel(CostModel):
         ]
         if not rates:
             raise UnsupportedOperatorError(
-                f"the latency table has blocked kernels but no measured {direction}; re-profile"
+                f"the latency table {self.lut_path} needs a {direction} between kernels but measured none; re-profile"
             )
         self._other_notes[f"reorder:{key}"] = (
             f"{direction} of shape {list(shape)} not measured; estimated from the measured per-element rate"
@@ -342,7 +390,8 @@ class LatencyCostModel(CostModel):
         notes = list(self._base_notes)
         if self._missing_families:
             examples = "; ".join(list(self._missing_families.values())[:3])
-            how = "a roofline fitted to the table" if isinstance(self._fit, TableFit) else "the target's roofline"
+            fitted = any(isinstance(f, TableFit) for f in self._fits.values())
+            how = "a roofline fitted to the table" if fitted else "the target's roofline"
             notes.append(
                 f"{len(self._missing_families)} kernel famil{'y' if len(self._missing_families) == 1 else 'ies'} "
                 f"not in the table, estimated by {how} (e.g. {examples}); profile the model to measure them"

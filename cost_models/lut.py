@@ -5,8 +5,8 @@ A table is JSON (`format: adans-lut/1`):
     {
       "format": "adans-lut/1",
       "header": {target, device, cpu_model, gpu_model, onnxruntime, provider,
-                 threads, batch_sizes, dtype, date, timing{...}, grid{align, ...},
-                 models[...]},
+                 threads, batch_sizes, dtype, precisions, date, timing{...},
+                 grid{align, ...}, models[...]},
       "runtime": {"per_node_ms": ..., "run_overhead": [{batch, io_bytes, ms}, ...]},
       "calibration": [{model, fingerprint, batch, measured_ms, predicted_ms, ratio}, ...],
       "families": [
@@ -34,6 +34,17 @@ of the query's own class along each axis (aligned with aligned, unaligned
 with unaligned), and every aligned count up to the grid's dense limit is
 itself a grid point. That keeps "16 channels is cheaper than 15" in the
 prediction wherever the table measured it.
+
+Precision: `adans-profile --precisions float,int8` also measures the int8
+form of every weighted kernel (ONNX Runtime's fused QDQ kernels). Those
+families carry `"precision": "int8"` in their fields; their points read and
+write the `int8` layout (uint8 activations), and the table holds
+`QuantizeLinear` / `DequantizeLinear` families (keyed like the reorders)
+for what converting a tensor between float and int8 costs. A table without
+int8 families (every table profiled before this) loads unchanged and prices
+float kernels as before; it cannot price an int8 layer
+(`LookupTablePrecisionError`). The format stays `adans-lut/1`: nothing an
+older reader looks up changed.
 """
 
 from __future__ import annotations
@@ -47,9 +58,16 @@ from itertools import product
 from pathlib import Path
 from typing import Iterable
 
+from .workload import FLOAT_PRECISION
+
 LUT_FORMAT = "adans-lut/1"
 STATISTICS = ("min", "median")
 BLOCKED, PLAIN = "blocked", "plain"
+QUANTIZED = "int8"  # the layout an int8 kernel reads and writes: uint8 activations
+QUANTIZE, DEQUANTIZE = "QuantizeLinear", "DequantizeLinear"
+REORDER_INPUT, REORDER_OUTPUT = "ReorderInput", "ReorderOutput"
+# Families that price a conversion between kernels, not a kernel of the model.
+CONVERSION_PATTERNS = frozenset({REORDER_INPUT, REORDER_OUTPUT, QUANTIZE, DEQUANTIZE})
 
 
 class LookupTableError(ValueError):
@@ -58,6 +76,19 @@ class LookupTableError(ValueError):
 
 class LookupTableMismatchError(LookupTableError):
     """A lookup table was profiled for another device, runtime, thread count or batch: re-profile."""
+
+
+class LookupTablePrecisionError(LookupTableError):
+    """A lookup table has no entries at a precision the search prices (e.g. int8): re-profile with it."""
+
+
+def missing_precision_message(source: str, precision: str, target_id: str) -> str:
+    return (
+        f"the latency table {source} has no {precision} kernels (it was profiled for "
+        f"float only), so it cannot price {precision} layers; re-profile it with "
+        f"adans-profile --target {target_id} --precisions float,{precision} ... -o {source} "
+        f"(it resumes, adding the {precision} kernels), or search without {precision}"
+    )
 
 
 @dataclass(frozen=True)
@@ -243,10 +274,37 @@ def _interpolate(corners: list[tuple[Point, float]], statistic: str, extrapolate
     return Estimate(ms, lead.nodes, lead.in_layout, lead.out_layout, False, extrapolated, tuple(variants))
 
 
+def conversion_path(have: str, want: str) -> tuple[str, ...]:
+    """The conversions the runtime inserts for a tensor produced in layout `have` and read in `want`.
+
+    Float and int8 meet only through the plain layout: a blocked tensor is
+    reordered to plain before it is quantized, a dequantized one reordered
+    to blocked after.
+    """
+    if have == want:
+        return ()
+    to_plain = {BLOCKED: (REORDER_OUTPUT,), QUANTIZED: (DEQUANTIZE,), PLAIN: ()}
+    from_plain = {BLOCKED: (REORDER_INPUT,), QUANTIZED: (QUANTIZE,), PLAIN: ()}
+    try:
+        return to_plain[have] + from_plain[want]
+    except KeyError as e:
+        raise LookupTableError(f"unknown layout {e.args[0]!r} in the table; known: {BLOCKED}, {PLAIN}, {QUANTIZED}") from None
+
+
 def reorder_family_key(direction: str, *, batch: int, spatial: tuple[int, ...], dtype: str) -> str:
-    """Key of the family that prices a layout change (`ReorderInput` to blocked, `ReorderOutput` to plain)."""
+    """Key of the family that prices one conversion of a tensor (see `CONVERSION_PATTERNS`).
+
+    `ReorderInput` to blocked, `ReorderOutput` to plain; `QuantizeLinear` float
+    to int8, `DequantizeLinear` back (each with the transposes the runtime
+    adds to run int8 convolutions channels-last). Keyed by the tensor's shape
+    without its channel count; `dtype` is the float side's element type.
+    """
     return json.dumps({"pattern": direction, "batch": batch, "spatial": list(spatial), "dtype": dtype},
                       sort_keys=True, separators=(",", ":"))
+
+
+def family_precision(family: Family) -> str:
+    return str(family.fields.get("precision", FLOAT_PRECISION))
 
 
 @dataclass
@@ -274,6 +332,16 @@ class LookupTable:
 
     def families_with_pattern(self, pattern: str) -> Iterable[Family]:
         return (f for f in self.families.values() if f.fields.get("pattern") == pattern)
+
+    def kernel_families(self, precision: str | None = None) -> Iterable[Family]:
+        """Families of model kernels (conversions left out), at `precision` when given."""
+        return (f for f in self.families.values()
+                if f.fields.get("pattern") not in CONVERSION_PATTERNS
+                and (precision is None or family_precision(f) == precision))
+
+    def precisions(self) -> set[str]:
+        """Precisions the table has measured kernels at ('fp32', 'int8'); a table from before int8: {'fp32'}."""
+        return {family_precision(f) for f in self.kernel_families() if f.points}
 
     # -- file format ----------------------------------------------------------
     def to_dict(self) -> dict:

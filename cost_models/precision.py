@@ -15,13 +15,9 @@ from typing import Iterable
 from .kernels import executed_kernels
 from .macs import op_macs
 from .memory import kernel_weight_bytes
-from .workload import Workload
+from .workload import Workload, precision_name
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-
-
-def precision_name(bits: int) -> str:
-    return "fp32" if bits >= 32 else f"int{bits}"
 
 
 def with_weight_bits(workload: Workload, layers: Iterable[str], bits: int = 8) -> Workload:

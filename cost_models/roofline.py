@@ -2,7 +2,11 @@
 
 time = max(FLOPs / peak, bytes / bandwidth) + a fixed per-kernel overhead,
 with FLOPs = 2 x MACs and bytes = activations read and written plus the
-weights at their bit width. The numbers come from the target descriptor, or
+weights at their bit width. An int8 kernel moves uint8 activations and
+one-byte weights (biases stay 32-bit), and computes at the target's
+`peak_int8_gops` when its descriptor gives one; otherwise at the fp32 peak,
+an assumption `describe` states (int8 then gains only from moving fewer
+bytes, which is what cores without int8 dot-product instructions see). The numbers come from the target descriptor, or
 are fitted to a measured table (`TableFit`) when a table exists but lacks a
 family. Every use is reported by the latency model as "estimated".
 """
@@ -31,8 +35,8 @@ def kernel_flops(kernel: Kernel) -> int:
 def kernel_bytes(kernel: Kernel) -> int:
     weights, bias = kernel.weight_elements()
     a = kernel.anchor
-    weight_bytes = weights * a.weight_bits // 8 + bias * 4  # biases stay 32-bit
-    return kernel.activation_bytes() + weight_bytes
+    weight_bytes = weights * a.weight_bits // 8 + bias * 4  # biases stay 32-bit (int32 beside int8 weights)
+    return kernel.activation_bytes() + weight_bytes  # activations at the kernel's precision (uint8 for int8)
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class Roofline:
     peak_gflops: float
     bandwidth_gbs: float | None
     overhead_ms: float
+    peak_int8_gops: float | None = None  # None: int8 computes at peak_gflops
 
     @classmethod
     def from_target(cls, target: Target) -> "Roofline":
@@ -48,16 +53,23 @@ class Roofline:
                 f"target '{target.id}' has no measured latency table and no peak FLOP/s to estimate one from; "
                 f"profile it (adans-profile --target {target.id} ...) or give peak_gflops in its descriptor"
             )
-        return cls(float(target.peak_gflops), target.memory_bandwidth_gbs, (target.kernel_overhead_us or 0.0) / 1e3)
+        return cls(float(target.peak_gflops), target.memory_bandwidth_gbs, (target.kernel_overhead_us or 0.0) / 1e3,
+                   float(target.peak_int8_gops) if target.peak_int8_gops else None)
+
+    def peak_ops_per_ms(self, kernel: Kernel) -> float:
+        peak = self.peak_int8_gops if kernel.quantized and self.peak_int8_gops else self.peak_gflops
+        return peak * 1e6
 
     def kernel_ms(self, kernel: Kernel) -> float:
-        compute_ms = kernel_flops(kernel) / (self.peak_gflops * 1e6)
+        compute_ms = kernel_flops(kernel) / self.peak_ops_per_ms(kernel)
         memory_ms = kernel_bytes(kernel) / (self.bandwidth_gbs * 1e6) if self.bandwidth_gbs else 0.0
         return max(compute_ms, memory_ms) + self.overhead_ms
 
     def describe(self) -> str:
         bw = f"{self.bandwidth_gbs:g} GB/s" if self.bandwidth_gbs else "bandwidth unknown (compute bound only)"
-        return f"roofline: peak {self.peak_gflops:g} GFLOP/s, {bw}, {self.overhead_ms * 1e3:g} us per kernel"
+        int8 = (f"int8 peak {self.peak_int8_gops:g} GOP/s" if self.peak_int8_gops else
+                "int8 assumed at the fp32 peak (the target gives no int8 throughput)")
+        return f"roofline: peak {self.peak_gflops:g} GFLOP/s, {bw}, {self.overhead_ms * 1e3:g} us per kernel; {int8}"
 
 
 @dataclass(frozen=True)

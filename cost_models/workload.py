@@ -43,6 +43,13 @@ class OpWorkload:
 
 Workload = tuple[OpWorkload, ...]
 
+FLOAT_PRECISION = "fp32"
+
+
+def precision_name(bits: int) -> str:
+    """How a layer's precision is named in tables and reports: 'fp32' for float weights, else 'int<bits>'."""
+    return FLOAT_PRECISION if bits >= 32 else f"int{bits}"
+
 
 def batch_of(workloads: Sequence[Workload]) -> list[Workload]:
     """Normalise a single workload or a sequence of them into a list."""

@@ -37,6 +37,10 @@ class Target:
     frequency_ghz: float | None = None
     simd_width_bits: int | None = None
     peak_gflops: float | None = None  # fp32
+    # int8 multiply-accumulate throughput, in GOP/s (2 ops per MAC, as FLOP/s
+    # count them). Used only by the roofline estimate; None: not known, and the
+    # roofline prices int8 compute at the fp32 peak (and says so).
+    peak_int8_gops: float | None = None
     memory_bandwidth_gbs: float | None = None
     # Fixed cost of launching one kernel (runtime dispatch, CUDA launch), used
     # only by the roofline estimate; a measured table supersedes it.

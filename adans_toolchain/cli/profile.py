@@ -2,6 +2,7 @@
 
     adans-profile --target host --builtin cifar_resnet20 --builtin mobilenet_v2 -o host.json
     adans-profile --target cortex-a57 --model resnet56.th --arch cifar_resnet56 --input-size 32 32 -o a57.json
+    adans-profile --target host --builtin cifar_resnet56 --precisions float,int8 -o host.json   # int8-aware
 
 See README.md beside this file for profiling on a Jetson and bringing the
 table back.
@@ -52,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, action="append", metavar="N",
                    help="batch size to profile; repeatable (default: 1 and the target's batch size)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: the target's)")
+    p.add_argument("--precisions", default="float", type=_precisions, metavar="LIST",
+                   help="comma separated: float (always measured) and int8, the fused QDQ integer kernels ONNX Runtime "
+                   "runs for an int8 layer, which a latency search with --methods ...,int8 needs (default: float, "
+                   "because int8 adds almost as many grid points again, nearly every kernel being a weighted one, and "
+                   "an int8 point takes longer to set up: about 2-3x the float-only time; given for an existing table, "
+                   "it resumes it and adds only the int8 kernels)")
     p.add_argument("-o", "--out", help="table to write (default: the target's table location)")
     p.add_argument("--no-resume", action="store_true", help="start over instead of adding to an existing table")
     p.add_argument("--calibration", choices=("check", "apply", "off"), default="check",
@@ -68,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true", help="allow loading a whole pickled module (runs code from the file)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
+
+
+def _precisions(text: str) -> tuple[str, ...]:
+    """'float,int8' -> ('fp32', 'int8'): the table's names for them."""
+    from adans_toolchain.profiling.profiler import PRECISIONS
+
+    names = {"float": PRECISIONS[0], "fp32": PRECISIONS[0], "int8": PRECISIONS[1]}
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in items if t not in names]
+    if unknown or not items:
+        raise argparse.ArgumentTypeError(f"unknown precision {unknown[0] if unknown else 'none'!r}; give float or float,int8")
+    return tuple(dict.fromkeys([PRECISIONS[0], *(names[t] for t in items)]))  # float always
 
 
 def _models(args, progress):
@@ -146,7 +165,8 @@ def _profile(args) -> int:
     timing = TimingConfig(rounds=args.rounds, max_runs=args.max_runs, ms_per_pack=args.ms_per_pack)
     try:
         table = profile(models, target, out, batches=batches, threads=args.threads, rule=rule, timing=timing,
-                        resume=not args.no_resume, calibration=args.calibration, progress=progress)
+                        resume=not args.no_resume, calibration=args.calibration, progress=progress,
+                        precisions=args.precisions)
     except LookupTableError as e:
         raise InputError(str(e)) from e
     skipped = table.header.get("skipped", [])

@@ -7,6 +7,11 @@ and measured (ONNX Runtime) speedups sit side by side, as in the paper's
 Table IV. Errors of the cost-model layer (a missing or mismatched lookup
 table, a target with no numbers to estimate from) become one-line user
 errors here, because `cost_models/` must not import the toolchain's errors.
+
+A latency search whose methods include int8 prices int8 layers from the
+table's int8 entries; `check_latency_precisions` refuses a table without
+them when the configuration is checked (CompileConfig), not hours into the
+search.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from cost_models import (
     UnsupportedOperatorError,
     make_cost_model,
 )
-from targets import Target
+from cost_models.lut import LookupTable, missing_precision_message
+from cost_models.workload import precision_name
+from targets import Target, UnknownTargetError, load_target
 
 from adans_toolchain.analysis.factors import origin_layer
 from adans_toolchain.plan.workload import plan_workload
@@ -38,6 +45,37 @@ def search_cost_model(cost: str, target: Target, lut: str | None) -> CostModel:
         return make_cost_model(cost, target)
     except (LookupTableError, RooflineUnavailableError) as e:
         raise ConfigError(f"--cost {cost}: {e}") from e
+
+
+# Search methods that choose a precision per layer, and the precision each prices layers at.
+PRECISION_METHODS = {"int8": precision_name(8)}
+
+
+def check_latency_precisions(cost: str, methods: Sequence[str], target_id: str, lut: str | None) -> None:
+    """ConfigError when a latency search's methods choose a precision (int8) its lookup table has no entries for.
+
+    Without a table at all (the roofline estimate) every precision is priced,
+    so nothing is refused; a missing or unknown table or target is reported
+    where the cost model is made (search_cost_model).
+    """
+    precisions = {PRECISION_METHODS[m] for m in methods if m in PRECISION_METHODS}
+    if cost != "latency" or not precisions:
+        return
+    try:
+        target = load_target(target_id)
+    except UnknownTargetError:
+        return
+    path = Path(lut).expanduser() if lut is not None else target.lut_location()
+    if not path.is_file():
+        return
+    try:
+        measured = LookupTable.load(path).precisions()
+    except LookupTableError:
+        return  # an unreadable table is reported where the cost model is made, with the same message as always
+    missing = sorted(precisions - measured)
+    if missing:
+        raise ConfigError(f"--cost latency --methods {','.join(methods)}: "
+                          f"{missing_precision_message(str(path), missing[0], target.id)}")
 
 
 def report_latency_model(search_model: CostModel, target: Target, lut: str | None) -> tuple[LatencyCostModel | None, str | None]:

@@ -11,6 +11,24 @@ through a 1x1 depthwise helper convolution, so that on x86 ONNX Runtime
 sees it arrive in the blocked layout and fuses the Add as a sum input, as
 it does inside a chain of blocked convolutions. The helper's nodes are
 named `adans_helper*` and left out of the timing.
+
+An int8 kernel (its anchor's weights at 8 bits, `Kernel.quantized`) is built
+as the QDQ graph onnxruntime.quantization.quantize_static writes for that
+layer (quantization/qdq.py INT8_SCHEME), which ONNX Runtime fuses into its
+integer kernels when it loads the model:
+
+    x -> QuantizeLinear -> DequantizeLinear -> Conv/Gemm/MatMul -> QuantizeLinear -> DequantizeLinear -> y
+                int8 weights -> DequantizeLinear ----^      ^---- DequantizeLinear <- int32 bias
+
+with uint8 activations (per tensor), int8 weights symmetric per output
+channel in INT8_SCHEME's range, an int32 bias at input scale x weight
+scale. As quantize_static does, a Relu or Clip after the layer is not a node:
+the output's quantization (zero point 0) clips. A residual Add reads both
+operands through Q/DQ pairs (ONNX Runtime: QLinearAdd); another activation
+sits between Q/DQ pairs. The QuantizeLinear of the graph's inputs and the
+DequantizeLinear of its output are the boundary with float: the timing
+keeps them out of the kernel (timing.py), since between int8 layers the
+runtime runs neither.
 """
 
 from __future__ import annotations
@@ -23,10 +41,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cost_models.kernels import Kernel
+from cost_models.workload import FLOAT_PRECISION
 
 OPSET = 17
 HELPER = "adans_helper"
 INPUT, RESIDUAL, OUTPUT = "x", "residual", "y"
+# Weighted operators with an int8 form (quantization/qdq.py WEIGHTED_OPS: what the int8 lowering quantizes).
+INT8_OPS = ("Conv", "Gemm", "MatMul")
+# Activations quantize_static folds into the preceding layer's output quantization (zero point 0 clips at 0).
+CLIPPING_ACTIVATIONS = ("Relu", "Clip")
 
 
 class UnsupportedKernelError(ValueError):
@@ -38,6 +61,11 @@ class KernelGraph:
     model: onnx.ModelProto
     feeds: dict[str, tuple[int, ...]]  # graph input name -> shape
     output_shape: tuple[int, ...]
+    precision: str = FLOAT_PRECISION  # "int8": a QDQ graph (see the module docstring)
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision != FLOAT_PRECISION
 
 
 def _with_channels(shape: tuple[int, ...], c: int) -> tuple[int, ...]:
@@ -74,7 +102,7 @@ class _Builder:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=name or self.name(op_type), **attrs))
         return out
 
-    def model(self, output: str, output_shape: tuple[int, ...]) -> KernelGraph:
+    def model(self, output: str, output_shape: tuple[int, ...], precision: str = FLOAT_PRECISION) -> KernelGraph:
         graph = helper.make_graph(
             self.nodes,
             "adans_kernel",
@@ -84,7 +112,7 @@ class _Builder:
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
         model.ir_version = min(model.ir_version, 9)
-        return KernelGraph(model, dict(self.inputs), output_shape)
+        return KernelGraph(model, dict(self.inputs), output_shape, precision)
 
 
 def kernel_graph(kernel: Kernel, channels: tuple[int, ...], axes: tuple[str, ...], *, variant: str | None = None, seed: int = 0) -> KernelGraph:
@@ -101,7 +129,11 @@ def kernel_graph(kernel: Kernel, channels: tuple[int, ...], axes: tuple[str, ...
     out_shape = _with_channels(kernel.output_shape, c_out)
     b.inputs[INPUT] = in_shape
     t = kernel.anchor.op_type
-    if t in ("Conv", "ConvTranspose"):
+    if kernel.quantized:
+        if variant is not None:
+            raise UnsupportedKernelError(f"variant {variant} applies to float kernels only")
+        y = _int8(b, kernel, c_in, c_out, out_shape)
+    elif t in ("Conv", "ConvTranspose"):
         y = _conv(b, kernel, c_in, c_out, in_shape, out_shape, variant)
     elif t in ("Gemm", "MatMul"):
         y = _gemm(b, kernel, c_in, c_out)
@@ -115,7 +147,7 @@ def kernel_graph(kernel: Kernel, channels: tuple[int, ...], axes: tuple[str, ...
             for i, name in enumerate(n.input):
                 if name == y:
                     n.input[i] = OUTPUT
-    return b.model(OUTPUT, out_shape)
+    return b.model(OUTPUT, out_shape, kernel.precision)
 
 
 def _activation(b: _Builder, op, x: str) -> str:
@@ -127,7 +159,8 @@ def _activation(b: _Builder, op, x: str) -> str:
     return b.node(op.op_type, [x], **attrs)
 
 
-def _conv(b: _Builder, kernel: Kernel, c_in: int, c_out: int, in_shape, out_shape, variant: str | None) -> str:
+def _conv_form(kernel: Kernel, c_in: int, c_out: int) -> tuple[dict, tuple[int, ...]]:
+    """The convolution's attributes and weight shape at `c_in` -> `c_out` channels (groups follow for depthwise)."""
     a = kernel.anchor
     if kernel.is_depthwise:
         if c_in != c_out:
@@ -140,9 +173,14 @@ def _conv(b: _Builder, kernel: Kernel, c_in: int, c_out: int, in_shape, out_shap
     attrs = _attrs(a)
     attrs.update(kernel_shape=list(a.kernel), strides=list(a.strides), dilations=list(a.dilations), group=groups)
     if a.op_type == "Conv":
-        w = b.weight((c_out, c_in // groups, *a.kernel))
-    else:
-        w = b.weight((c_in, c_out // groups, *a.kernel))
+        return attrs, (c_out, c_in // groups, *a.kernel)
+    return attrs, (c_in, c_out // groups, *a.kernel)
+
+
+def _conv(b: _Builder, kernel: Kernel, c_in: int, c_out: int, in_shape, out_shape, variant: str | None) -> str:
+    a = kernel.anchor
+    attrs, weight_shape = _conv_form(kernel, c_in, c_out)
+    w = b.weight(weight_shape)
     bias = b.const(np.zeros(c_out, np.float32), "bias")
     y = b.node(a.op_type, [INPUT, w, bias], **attrs)
     for op in kernel.ops[1:]:
@@ -186,6 +224,99 @@ def _gemm(b: _Builder, kernel: Kernel, k: int, n: int) -> str:
         else:
             y = _activation(b, op, y)
     return y
+
+
+class _Qdq:
+    """QuantizeLinear/DequantizeLinear pieces of a QDQ graph, in INT8_SCHEME's types and ranges.
+
+    The scales are plausible, not calibrated: values do not change which
+    kernels ONNX Runtime runs or how long they take; zero points do (0 lets
+    the runtime drop a Relu into the quantization), so they follow quantize_static.
+    """
+
+    def __init__(self, b: _Builder) -> None:
+        from adans_toolchain.quantization.qdq import ACTIVATION_RANGE, WEIGHT_RANGE
+
+        self.b = b
+        self.weight_range = WEIGHT_RANGE
+        self.activation_low, activation_high = ACTIVATION_RANGE
+        self.activation_middle = (self.activation_low + activation_high + 1) // 2
+        self.activation_scale = 4.0 / (activation_high - self.activation_low)
+
+    def round_trip(self, x: str, *, clips_at_zero: bool = False, stem: str = "act") -> str:
+        """x -> QuantizeLinear -> DequantizeLinear: a tensor held as uint8 between integer kernels."""
+        b = self.b
+        scale = b.const(np.array(self.activation_scale, np.float32), f"{stem}_scale")
+        zero = b.const(np.array(self.activation_low if clips_at_zero else self.activation_middle, np.uint8), f"{stem}_zero")
+        q = b.node("QuantizeLinear", [x, scale, zero])
+        return b.node("DequantizeLinear", [q, scale, zero])
+
+    def weight(self, shape: tuple[int, ...], axis: int) -> tuple[str, np.ndarray]:
+        """int8 weights, symmetric per channel along `axis`, behind a DequantizeLinear; (its output, the scales)."""
+        b = self.b
+        low, high = self.weight_range
+        channels = shape[axis]
+        fan_in = max(1, int(np.prod(shape)) // channels)
+        scales = np.full(channels, 1.0 / (high * np.sqrt(fan_in)), np.float32)
+        values = b.const(b.rng.integers(low, high + 1, shape).astype(np.int8), "w_int8")
+        inputs = [values, b.const(scales, "w_scale"), b.const(np.zeros(channels, np.int8), "w_zero")]
+        return b.node("DequantizeLinear", inputs, axis=axis), scales
+
+    def bias(self, weight_scales: np.ndarray) -> str:
+        """An int32 bias at input scale x weight scale, as quantize_static stores it."""
+        b = self.b
+        n = len(weight_scales)
+        scales = (weight_scales * np.float32(self.activation_scale)).astype(np.float32)
+        inputs = [b.const(np.zeros(n, np.int32), "bias_int32"), b.const(scales, "bias_scale"), b.const(np.zeros(n, np.int32), "bias_zero")]
+        return b.node("DequantizeLinear", inputs, axis=0)
+
+
+def _int8(b: _Builder, kernel: Kernel, c_in: int, c_out: int, out_shape) -> str:
+    """The QDQ graph of an int8 kernel (see the module docstring)."""
+    a = kernel.anchor
+    if a.op_type not in INT8_OPS or not a.weight_shape:
+        raise UnsupportedKernelError(f"int8 is profiled for {', '.join(INT8_OPS)} with constant weights, not {a.op_type}")
+    qdq = _Qdq(b)
+    if a.op_type == "Conv":
+        attrs, weight_shape = _conv_form(kernel, c_in, c_out)
+        w, scales = qdq.weight(weight_shape, axis=0)
+        y = b.node("Conv", [qdq.round_trip(INPUT, stem="x"), w, qdq.bias(scales)], **attrs)
+    else:
+        y = _int8_gemm(b, qdq, kernel, c_in, c_out)
+    clips_at_zero = False
+    for op in kernel.ops[1:]:
+        if op.op_type == "BatchNormalization":
+            continue  # folded into the weights and bias
+        if op.op_type == "Add":
+            y = b.node("Add", [qdq.round_trip(y), _int8_addend(b, qdq, kernel, out_shape, c_out)])
+        elif op.op_type in CLIPPING_ACTIVATIONS:
+            clips_at_zero = True  # quantize_static drops the node; the output quantization clips
+        else:
+            y = _activation(b, op, qdq.round_trip(y))
+    return qdq.round_trip(y, clips_at_zero=clips_at_zero, stem="y")
+
+
+def _int8_gemm(b: _Builder, qdq: _Qdq, kernel: Kernel, k: int, n: int) -> str:
+    a = kernel.anchor
+    if len(kernel.input_shape) != 2 and a.op_type == "Gemm":
+        raise UnsupportedKernelError("Gemm takes a 2-D input")
+    b.inputs[INPUT] = (*kernel.input_shape[:-1], k)
+    x = qdq.round_trip(INPUT, stem="x")
+    if a.op_type == "MatMul":
+        w, _ = qdq.weight((k, n), axis=1)
+        return b.node("MatMul", [x, w])
+    attrs = _attrs(a)
+    trans_b = int(attrs.get("transB", 0))
+    w, scales = qdq.weight((n, k) if trans_b else (k, n), axis=0 if trans_b else 1)
+    return b.node("Gemm", [x, w, qdq.bias(scales)], **attrs)
+
+
+def _int8_addend(b: _Builder, qdq: _Qdq, kernel: Kernel, out_shape, n: int) -> str:
+    """The other operand of a fused Add, quantized: a convolution's residual input, or a MatMul's constant bias."""
+    if kernel.is_conv:
+        b.inputs[RESIDUAL] = out_shape
+        return qdq.round_trip(RESIDUAL, stem="residual")
+    return qdq.round_trip(b.const(np.zeros(n, np.float32), "bias"), stem="bias")
 
 
 def _split(total: int, parts: list[int]) -> list[int]:

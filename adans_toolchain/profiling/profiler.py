@@ -8,6 +8,17 @@ its tensor belongs to a prunable channel group of the analysis). Each grid
 point becomes a single-kernel ONNX graph (`graphs.py`) timed in ONNX Runtime
 with the target's provider and threads (`timing.py`).
 
+With `precisions` including "int8", every weighted kernel (Conv, grouped
+and depthwise Conv, Gemm, MatMul with a constant weight) is also measured in
+its int8 form: the QDQ graph ONNX Runtime fuses into its integer kernels
+(graphs.py), over the same channel grid, as a family with
+`"precision": "int8"`; the quantize/dequantize at its boundary with float are
+recorded as `QuantizeLinear` / `DequantizeLinear` families. Opt-in: nearly
+every grid point is a weighted kernel's, so int8 adds almost as many points
+again (ResNet-56: 2,933 float + 2,322 int8; MobileNetV2 at 224: 6,928 +
+6,888), and an int8 point takes longer to set up (about 2-3x the float-only
+time in all).
+
 Also measured, once per table:
 
 - per-node dispatch cost (chains of 1 and 33 tiny operators, timed whole)
@@ -37,7 +48,11 @@ import onnx
 from cost_models.kernels import Kernel, executed_kernels, structure_fingerprint
 from cost_models.latency import BLOCKED_RESIDUAL, LatencyCostModel, kernel_cost_inputs
 from cost_models.lut import (
+    DEQUANTIZE,
     LUT_FORMAT,
+    QUANTIZE,
+    REORDER_INPUT,
+    REORDER_OUTPUT,
     Family,
     LookupTable,
     LookupTableMismatchError,
@@ -45,11 +60,12 @@ from cost_models.lut import (
     Point,
     reorder_family_key,
 )
+from cost_models.workload import FLOAT_PRECISION, precision_name
 from targets import Target
 
 from adans_toolchain.analysis.channels import ChannelAnalysis
 from adans_toolchain.plan.workload import graph_workload
-from adans_toolchain.profiling.graphs import KernelGraph, UnsupportedKernelError, kernel_graph
+from adans_toolchain.profiling.graphs import INT8_OPS, KernelGraph, UnsupportedKernelError, kernel_graph
 from adans_toolchain.profiling.grid import GridRule, axis_grid
 from adans_toolchain.profiling.timing import NODE_PROFILE, TRUNCATION_US, WALL, GraphTiming, TimingConfig, profiled_and_wall, time_graphs
 
@@ -83,24 +99,47 @@ def _axis_tensor(kernel: Kernel, axis: str) -> str | None:
     return kernel.data_input if axis in ("c_in", "k") else kernel.output
 
 
-def plan_families(models: list[ModelToProfile], batches: tuple[int, ...], rule: GridRule) -> dict[str, FamilySpec]:
-    """Every kernel family the models can reach under channel pruning, with its channel grid."""
+INT8 = precision_name(8)
+PRECISIONS = (FLOAT_PRECISION, INT8)
+
+
+def quantizable(kernel: Kernel) -> bool:
+    """Whether the kernel has an int8 form to profile (a weighted operator the int8 lowering quantizes)."""
+    return kernel.anchor.op_type in INT8_OPS and bool(kernel.anchor.weight_shape)
+
+
+def kernels_at(kernel: Kernel, precisions: tuple[str, ...]) -> list[Kernel]:
+    """`kernel` at each of `precisions` it has a form at (float always)."""
+    forms = [kernel] if FLOAT_PRECISION in precisions else []
+    if INT8 in precisions and quantizable(kernel):
+        forms.append(kernel.with_weight_bits(8))
+    return forms
+
+
+def plan_families(models: list[ModelToProfile], batches: tuple[int, ...], rule: GridRule,
+                  precisions: tuple[str, ...] = (FLOAT_PRECISION,)) -> dict[str, FamilySpec]:
+    """Every kernel family the models can reach under channel pruning, at each precision, with its channel grid."""
     specs: dict[str, FamilySpec] = {}
     for m in models:
         variable = {t for g in m.analysis.prunable_groups for t in g.tensors}
         for batch in batches:
-            for k in executed_kernels(graph_workload(m.analysis.graph, batch=batch)):
-                axes = k.default_axes()
-                counts = k.channels(axes)
-                grids = [set(axis_grid(c, rule, variable=_axis_tensor(k, a) in variable)) for a, c in zip(axes, counts)]
-                spec = specs.get(k.family_key)
-                if spec is None:
-                    specs[k.family_key] = FamilySpec(k, axes, grids, {m.name})
-                else:
-                    for g, new in zip(spec.grids, grids):
-                        g.update(new)
-                    spec.models.add(m.name)
+            for kernel in executed_kernels(graph_workload(m.analysis.graph, batch=batch)):
+                axes = kernel.default_axes()
+                counts = kernel.channels(axes)
+                grids = [set(axis_grid(c, rule, variable=_axis_tensor(kernel, a) in variable)) for a, c in zip(axes, counts)]
+                for k in kernels_at(kernel, precisions):
+                    _add_spec(specs, k, axes, grids, m.name)
     return specs
+
+
+def _add_spec(specs: dict[str, FamilySpec], kernel: Kernel, axes: tuple[str, ...], grids: list[set[int]], model: str) -> None:
+    spec = specs.get(kernel.family_key)
+    if spec is None:
+        specs[kernel.family_key] = FamilySpec(kernel, axes, [set(g) for g in grids], {model})
+    else:
+        for g, new in zip(spec.grids, grids):
+            g.update(new)
+        spec.models.add(model)
 
 
 def device_description(target: Target) -> dict:
@@ -123,7 +162,8 @@ def device_description(target: Target) -> dict:
     return {"device": f"{gpu} / {cpu}" if gpu else cpu, "cpu_model": cpu, "gpu_model": gpu}
 
 
-def make_header(target: Target, *, threads: int, batches: tuple[int, ...], timing: TimingConfig, rule: GridRule) -> dict:
+def make_header(target: Target, *, threads: int, batches: tuple[int, ...], timing: TimingConfig, rule: GridRule,
+                precisions: tuple[str, ...] = (FLOAT_PRECISION,)) -> dict:
     import onnxruntime as ort
 
     from adans_toolchain import __version__ as adans_version
@@ -136,6 +176,7 @@ def make_header(target: Target, *, threads: int, batches: tuple[int, ...], timin
         "threads": threads,
         "batch_sizes": sorted(set(batches)),
         "dtype": "float32",
+        "precisions": sorted(precisions),  # what was asked for; the families say what was measured
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "timing": {**timing.as_dict(), "truncation_correction_us": TRUNCATION_US if timing.method == NODE_PROFILE else 0.0},
         "grid": rule.as_dict(),
@@ -164,6 +205,8 @@ def _open_table(path: Path, header: dict, resume: bool) -> LookupTable:
                 "write to another file or pass --no-resume to start over"
             )
         old["batch_sizes"] = sorted(set(old.get("batch_sizes", [])) | set(header["batch_sizes"]))
+        # A table from before int8 was float only; resuming it with int8 adds the int8 families.
+        old["precisions"] = sorted(set(old.get("precisions", [FLOAT_PRECISION])) | set(header["precisions"]))
         old["date"] = header["date"]
         return table
     return LookupTable(dict(header), {}, {}, [])
@@ -201,7 +244,7 @@ def _measure_family(table: LookupTable, spec: FamilySpec, timing: TimingConfig, 
     blocked = []
     for p, g, t in zip(keep, graphs, timings):
         fam.add(Point(p, _measurement(t, spec.kernel.with_channels(spec.axes, p))))
-        _record_reorders(table, g, t, spec.kernel.anchor.dtype)
+        _record_conversions(table, g, t, spec.kernel.anchor.dtype)
         if spec.kernel.residual and t.in_layout == "blocked":
             blocked.append(p)
     if blocked:  # the same points with the residual arriving blocked (see graphs.py)
@@ -209,7 +252,8 @@ def _measure_family(table: LookupTable, spec: FamilySpec, timing: TimingConfig, 
         for p, t in zip(blocked, time_graphs(vgraphs, timing)):
             point = fam.points[p]
             fam.add(Point(p, point.measurement, ((BLOCKED_RESIDUAL, _measurement(t, None)),)))
-    progress(f"  {spec.kernel.pattern:18s} {len(keep):4d} points  ({', '.join(sorted(spec.models))})")
+    form = "" if spec.kernel.precision == FLOAT_PRECISION else f" {spec.kernel.precision}"
+    progress(f"  {spec.kernel.pattern + form:18s} {len(keep):4d} points  ({', '.join(sorted(spec.models))})")
 
 
 def _skip(table: LookupTable, spec: FamilySpec, reason: str) -> None:
@@ -218,9 +262,13 @@ def _skip(table: LookupTable, spec: FamilySpec, reason: str) -> None:
         table.header["skipped"].append(entry)
 
 
-def _record_reorders(table: LookupTable, graph: KernelGraph, t: GraphTiming, dtype: str) -> None:
-    for direction, shape, ms in (("ReorderInput", graph.feeds["x"], t.in_reorder_ms), ("ReorderOutput", graph.output_shape, t.out_reorder_ms)):
-        if ms is None or len(shape) < 3:
+def _record_conversions(table: LookupTable, graph: KernelGraph, t: GraphTiming, dtype: str) -> None:
+    """The conversions timed at the graph's boundary: layout reorders (float), quantize and dequantize (int8)."""
+    into, out_of = (QUANTIZE, DEQUANTIZE) if graph.quantized else (REORDER_INPUT, REORDER_OUTPUT)
+    # A Gemm's 2-D tensors are never reordered, but they are quantized.
+    least_rank = 2 if graph.quantized else 3
+    for direction, shape, ms in ((into, graph.feeds["x"], t.in_reorder_ms), (out_of, graph.output_shape, t.out_reorder_ms)):
+        if ms is None or len(shape) < least_rank:
             continue
         key = reorder_family_key(direction, batch=int(shape[0]), spatial=tuple(shape[2:]), dtype=dtype)
         fam = table.family(key) or table.add_family(
@@ -398,8 +446,11 @@ def profile(
     calibration: str = "check",
     calibration_budget_s: float = 6.0,
     progress: Progress = print,
+    precisions: tuple[str, ...] = (FLOAT_PRECISION,),
 ) -> LookupTable:
     """Profile every kernel family of `models` on this machine into the table at `out`.
+
+    `precisions`: "fp32" and/or "int8" (the int8 form of every weighted kernel, see the module docstring).
 
     `calibration`: "check" (default) measures each whole baseline against
     the table's prediction and stores the comparison; "apply" also scales
@@ -411,6 +462,10 @@ def profile(
     """
     if calibration not in ("check", "apply", "off"):
         raise ValueError("calibration must be 'check', 'apply' or 'off'")
+    unknown = sorted(set(precisions) - set(PRECISIONS))
+    if unknown or FLOAT_PRECISION not in precisions:
+        # Float is always measured: every model has float layers (and a resumed table skips what it holds).
+        raise ValueError(f"precisions are {FLOAT_PRECISION} and optionally {INT8}, not {', '.join(precisions) or 'none'}")
     path = Path(out).expanduser()
     threads = threads or target.threads or 1
     method = NODE_PROFILE if target.provider == "CPUExecutionProvider" else WALL
@@ -421,7 +476,7 @@ def profile(
         align, align_source = probe_alignment(target, timing)
         rule = replace(rule, align=align)
         progress(f"  channel alignment {align} ({align_source})")
-    header = make_header(target, threads=threads, batches=batches, timing=timing, rule=rule)
+    header = make_header(target, threads=threads, batches=batches, timing=timing, rule=rule, precisions=precisions)
     header["grid"]["align_source"] = align_source
     table = _open_table(path, header, resume)
     for m in models:
@@ -432,7 +487,7 @@ def profile(
     if not table.runtime:
         table.runtime = measure_runtime(models, batches, timing, progress)
         table.save(path)
-    specs = plan_families(models, batches, rule)
+    specs = plan_families(models, batches, rule, precisions)
     total = sum(len(s.points()) for s in specs.values())
     progress(f"{len(specs)} kernel families, {total} grid points ({', '.join(m.name for m in models)}; batch {list(batches)})")
     for i, spec in enumerate(specs.values(), 1):
@@ -445,4 +500,4 @@ def profile(
     return table
 
 
-__all__ = ["FamilySpec", "GridRule", "ModelToProfile", "TimingConfig", "plan_families", "profile", "LUT_FORMAT"]
+__all__ = ["FamilySpec", "GridRule", "ModelToProfile", "PRECISIONS", "TimingConfig", "plan_families", "profile", "LUT_FORMAT"]

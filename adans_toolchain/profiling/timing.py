@@ -27,6 +27,16 @@ least disturbed by anything else. The median is recorded as well.
 ONNX Runtime's profiler reports whole microseconds, truncated; half a
 microsecond is added to every node's duration to make the truncation
 unbiased.
+
+int8 (QDQ) graphs: the boundary with float is the QuantizeLinear of the
+data input and the DequantizeLinear of the output, with the Transposes
+ONNX Runtime adds next to them to run its integer convolutions
+channels-last; they are timed as the graph's input and output conversions
+(`in_reorder_ms`, `out_reorder_ms`), like a float kernel's layout reorders,
+since inside a chain of int8 layers the runtime runs none of them. The
+residual's QuantizeLinear and any Transpose between the kernel's own nodes
+(the runtime keeps int8 tensors channels-last between int8 layers) are left
+out of the timing.
 """
 
 from __future__ import annotations
@@ -45,6 +55,8 @@ import onnx
 from onnx import helper
 
 from adans_toolchain.runtime.sessions import session_options
+from cost_models.lut import QUANTIZED
+
 from adans_toolchain.profiling.graphs import HELPER, INPUT, OUTPUT, KernelGraph
 
 TRUNCATION_US = 0.5
@@ -74,11 +86,11 @@ class GraphTiming:
     min_ms: float
     median_ms: float
     repeats: int
-    nodes: int  # kernel nodes (boundary reorders and helpers excluded)
-    in_layout: str  # "blocked" when the runtime reorders the data input before the kernel
-    out_layout: str  # "blocked" when the runtime reorders the output after it
-    in_reorder_ms: float | None  # boundary reorder times (min), when present
-    out_reorder_ms: float | None
+    nodes: int  # kernel nodes (boundary conversions and helpers excluded)
+    in_layout: str  # "blocked" when the runtime reorders the data input before the kernel; "int8" for int8 graphs
+    out_layout: str  # "blocked" when the runtime reorders the output after it; "int8" for int8 graphs
+    in_reorder_ms: float | None  # boundary conversion times (min), when present: reorders, or quantize for int8
+    out_reorder_ms: float | None  # ... or dequantize for int8
     node_types: tuple[str, ...]
 
 
@@ -86,7 +98,7 @@ class GraphTiming:
 
 
 def _graph_bytes(g: KernelGraph) -> int:
-    weights = sum(prod(t.dims) * 4 for t in g.model.graph.initializer)
+    weights = sum(prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize for t in g.model.graph.initializer)
     return weights + 4 * (sum(prod(s) for s in g.feeds.values()) + prod(g.output_shape))
 
 
@@ -265,12 +277,14 @@ def _branches(optimized: onnx.ModelProto, n: int) -> dict[str, int]:
     return owner
 
 
-def _roles(nodes: list[onnx.NodeProto], p: str) -> dict[str, str]:
+def _roles(nodes: list[onnx.NodeProto], p: str, *, quantized: bool = False) -> dict[str, str]:
     """Role of each node of branch `p`: kernel, in_reorder, out_reorder, or helper (not timed)."""
     consumers = defaultdict(list)
     for n in nodes:
         for x in n.input:
             consumers[x].append(n)
+    if quantized:
+        return _int8_roles(nodes, p, consumers)
 
     def is_helper(n: onnx.NodeProto) -> bool:
         return HELPER in n.name or any(HELPER in o for o in n.output)
@@ -287,6 +301,33 @@ def _roles(nodes: list[onnx.NodeProto], p: str) -> dict[str, str]:
             roles[n.name] = "out_reorder"
         else:
             roles[n.name] = "kernel"
+    return roles
+
+
+def _int8_roles(nodes: list[onnx.NodeProto], p: str, consumers: dict) -> dict[str, str]:
+    """Roles in an int8 graph: the float boundary is the input's quantize and the output's dequantize (see above)."""
+    producer = {o: n for n in nodes for o in n.output if o}
+    roles = {}
+    for n in nodes:
+        if n.op_type == "QuantizeLinear" and n.input[0] == p + INPUT:
+            roles[n.name] = "in_reorder"
+        elif n.op_type == "DequantizeLinear" and p + OUTPUT in n.output:
+            roles[n.name] = "out_reorder"
+        elif n.op_type == "QuantizeLinear" and n.input[0] not in producer:
+            roles[n.name] = "helper"  # the residual's: produced in int8 by the layer before, inside a model
+        else:
+            roles[n.name] = "kernel"
+    for n in nodes:  # the channels-last transposes: beside the boundary, they belong to it; elsewhere they cancel
+        if n.op_type != "Transpose":
+            continue
+        source = producer.get(n.input[0])
+        readers = consumers.get(n.output[0], [])
+        if source is not None and roles[source.name] == "in_reorder":
+            roles[n.name] = "in_reorder"
+        elif readers and all(roles[r.name] == "out_reorder" for r in readers):
+            roles[n.name] = "out_reorder"
+        else:
+            roles[n.name] = "helper"
     return roles
 
 
@@ -309,7 +350,8 @@ def _collect(o: _Open, graphs: list[KernelGraph], cfg: TimingConfig) -> list[Gra
     out = []
     for j in range(len(o.members)):
         p = _prefix(j)
-        roles = _roles(by_branch[j], p)
+        quantized = graphs[o.members[j]].quantized
+        roles = _roles(by_branch[j], p, quantized=quantized)
         kernel_nodes = [n for n, r in roles.items() if r == "kernel"]
         runs = min((len(per_node.get(n, [])) for n in roles), default=0) - skip
         if runs <= 0 or not kernel_nodes:
@@ -325,13 +367,18 @@ def _collect(o: _Open, graphs: list[KernelGraph], cfg: TimingConfig) -> list[Gra
             return float(min(sum(per_node[n][skip + i] for n in names) for i in range(runs)))
 
         types = tuple(f"{n.domain + ':' if n.domain else ''}{n.op_type}" for n in by_branch[j] if roles[n.name] == "kernel")
+        if quantized:  # an int8 kernel reads and writes uint8, whatever the boundary's conversions
+            in_layout = out_layout = QUANTIZED
+        else:
+            in_layout = "blocked" if "in_reorder" in roles.values() else "plain"
+            out_layout = "blocked" if "out_reorder" in roles.values() else "plain"
         out.append(GraphTiming(
             float(totals.min()),
             float(np.median(totals)),
             runs,
             len(kernel_nodes),
-            "blocked" if "in_reorder" in roles.values() else "plain",
-            "blocked" if "out_reorder" in roles.values() else "plain",
+            in_layout,
+            out_layout,
             boundary("in_reorder"),
             boundary("out_reorder"),
             types,

@@ -10,7 +10,7 @@ import numpy as np
 from cost_models import OpWorkload
 from cost_models.kernels import Kernel
 from cost_models.latency import installed_onnxruntime_version
-from cost_models.lut import Family, LookupTable, Measurement, Point, reorder_family_key
+from cost_models.lut import DEQUANTIZE, QUANTIZE, QUANTIZED, Family, LookupTable, Measurement, Point, reorder_family_key
 from cost_models.roofline import kernel_bytes, kernel_flops
 from targets import Target
 
@@ -77,8 +77,10 @@ def synthetic_table(kernel_specs, target: Target, *, batches=(1,), align=8,
         fam = table.add_family(Family(spec.kernel.family_key, spec.kernel.family_fields, spec.axes))
         for p in spec.points():
             k = spec.kernel.with_channels(spec.axes, p)
-            lay = layout(k)
+            lay = QUANTIZED if k.quantized else layout(k)  # an int8 kernel reads and writes uint8
             fam.add(Point(p, Measurement(ms(k), ms(k) * 1.1, 1, lay, lay, 10, int(kernel_flops(k) // 2), kernel_bytes(k))))
+            if k.quantized:
+                _add_conversions(table, k, (QUANTIZE, DEQUANTIZE))
             if lay == "blocked":
                 for direction, shape in (("ReorderInput", k.input_shape), ("ReorderOutput", k.output_shape)):
                     key = reorder_family_key(direction, batch=shape[0], spatial=tuple(shape[2:]), dtype="float32")
@@ -86,6 +88,19 @@ def synthetic_table(kernel_specs, target: Target, *, batches=(1,), align=8,
                         Family(key, {"pattern": direction, "batch": shape[0], "spatial": list(shape[2:]), "dtype": "float32"}, ("c",)))
                     rf.add(Point((shape[1],), Measurement(1e-6 * np.prod(shape), 1e-6 * np.prod(shape))))
     return table
+
+
+CONVERSION_MS_PER_ELEMENT = 1e-6
+
+
+def _add_conversions(table: LookupTable, k: Kernel, directions: tuple[str, str]) -> None:
+    """Conversions at the kernel's input and output, 1 ns per element (as for the reorders)."""
+    for direction, shape in zip(directions, (k.input_shape, k.output_shape)):
+        key = reorder_family_key(direction, batch=shape[0], spatial=tuple(shape[2:]), dtype="float32")
+        family = table.family(key) or table.add_family(
+            Family(key, {"pattern": direction, "batch": shape[0], "spatial": list(shape[2:]), "dtype": "float32"}, ("c",)))
+        ms = CONVERSION_MS_PER_ELEMENT * np.prod(shape)
+        family.add(Point((shape[1],), Measurement(ms, ms)))
 
 
 def with_batch(op: OpWorkload, batch: int) -> OpWorkload:
