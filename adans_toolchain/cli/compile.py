@@ -207,7 +207,11 @@ def _one_rate_line(rule: dict) -> str:
         test = "" if facts["top1_test"] is None else f", TEST {facts['top1_test']:.2f} %"
         return f"{facts['macs_ratio']:.1%} MACs, VAL {facts['top1_val']:.2f} %{test}"
 
-    return f"one-rate rule (r = {rule['rate']:.3g}): {side(rule)}; searched: {side(rule['searched'])}"
+    line = f"one-rate rule (r = {rule['rate']:.3g}): {side(rule)}; searched: {side(rule['searched'])}"
+    at_cost = rule.get("at_searched_cost")
+    if at_cost:  # the rule pushed to the searched plan's cost: the comparison at equal cost
+        line += f"; rule at the searched cost (r = {at_cost['rate']:.3g}): {side(at_cost)}"
+    return line
 
 
 if __name__ == "__main__":

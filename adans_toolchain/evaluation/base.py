@@ -15,13 +15,19 @@ plan-level queries `logits`, `batchnorm_statistics` and `priorities`.
 
 Subclasses take (model, data, transform) positionally and every option by
 keyword, with the defaults of `make_evaluator`.
+
+A plan with int8 layers is scored by `int8`, an `Int8Candidates` the
+pipeline attaches (quantization/searched.py: the plan lowered, quantized as
+ONNX Runtime will quantize it, and simulated). This layer cannot build one
+(quantization sits above it); without one such a plan is refused. Plans
+without int8 layers never reach it: their evaluation is unchanged.
 """
 
 from __future__ import annotations
 
 import abc
-from contextlib import AbstractContextManager
-from typing import Any, ClassVar, Sequence, Sized
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence, Sized
 
 import numpy as np
 
@@ -35,6 +41,13 @@ from adans_toolchain.transforms.plan_transform import PlanTransform
 # The columns of `Evaluator.screen`'s rows (and of every executor's `screen`).
 SCREEN_COLUMNS = ("accuracy", "images", "rejected")
 ACCURACY, IMAGES, REJECTED = range(3)
+
+
+class Int8Candidates(Protocol):
+    """Scores plans with int8 layers (quantization.searched.SearchedInt8 is the one)."""
+
+    def simulated(self, evaluator: "Evaluator", plan: Plan) -> Callable[[np.ndarray], np.ndarray]:
+        """A function from images (NCHW float32, numpy) to the logits ONNX Runtime's int8 model of `plan` computes."""
 
 
 class Evaluator(abc.ABC):
@@ -72,6 +85,7 @@ class Evaluator(abc.ABC):
         self._rule: EarlyRejection | None = None
         self._rule_note: str | None = None
         self._orders: dict[tuple[int, int], Any] = {}
+        self.int8: Int8Candidates | None = None  # set by the pipeline when precision is searched
 
     @property
     def early_rejection(self) -> EarlyRejection | None:
@@ -89,7 +103,7 @@ class Evaluator(abc.ABC):
     # -- shared ---------------------------------------------------------------
     def recalibrates(self, plan: Plan) -> bool:
         """Compressed candidates get re-estimated BatchNorm statistics; the baseline keeps its own."""
-        return self.calibration is not None and bool(self.batchnorms) and not plan.is_identity
+        return self.calibration is not None and bool(self.batchnorms) and not plan.keeps_float_weights
 
     def _recalibrating(self, plan: Plan, recalibrate: bool | None) -> bool:
         """`recalibrate` as asked (None: the default rule); never without BatchNorm layers."""
@@ -112,24 +126,51 @@ class Evaluator(abc.ABC):
         total = len(self.y)
         result = np.zeros((len(plans), len(SCREEN_COLUMNS)))
         for i, plan in enumerate(plans):
-            with self.candidate(plan):
-                correct, seen = self._screened_pass(total)
+            with self._scoring(plan, self.candidate) as count_correct:
+                correct, seen = self._screened_pass(total, count_correct)
             result[i] = (100.0 * correct / seen, seen, float(seen < total))
             self.evaluations += 1
             self.images += seen
         return result
 
-    def _screened_pass(self, total: int) -> tuple[int, int]:
-        """(correct, seen) of the model as substituted, on all of VAL or until the rule rejects it."""
+    @contextmanager
+    def _scoring(self, plan: Plan, context: Callable[[Plan], AbstractContextManager[None]]
+                 ) -> Iterator[Callable[[Any, Any], int]]:
+        """Inside: the function counting `plan`'s correct predictions on (x, y) in this evaluator's array form.
+
+        A float plan is computed by the model inside `context(plan)` (the
+        fast paths, unchanged); a plan with int8 layers by `self.int8`.
+        """
+        if not plan.int8_layers:
+            with context(plan):
+                yield self._correct
+            return
+        if self.int8 is None:
+            raise ValueError(f"the plan runs {len(plan.int8_layers)} layer(s) in int8, but this evaluator has no int8 "
+                             "simulation attached (Evaluator.int8)")
+        logits_of = self.int8.simulated(self, plan)
+        yield lambda x, y: self._correct_with(logits_of, x, y)
+
+    def _correct_with(self, logits_of: Callable[[np.ndarray], np.ndarray], x: Any, y: Any) -> int:
+        """Correct top-1 predictions of `logits_of` (numpy images in, logits out) on (x, y) in batches."""
+        labels = _numpy(y)
+        correct = 0
+        for start in range(0, len(labels), self.batch_size):
+            images = np.ascontiguousarray(_numpy(x[start : start + self.batch_size]), dtype=np.float32)
+            correct += int((logits_of(images).argmax(1) == labels[start : start + self.batch_size]).sum())
+        return correct
+
+    def _screened_pass(self, total: int, count_correct: Callable[[Any, Any], int]) -> tuple[int, int]:
+        """(correct, seen) by `count_correct`, on all of VAL or until the rule rejects it."""
         rule = self._rule
         if rule is None:
-            return self._correct(self.x, self.y), total
+            return count_correct(self.x, self.y), total
         order = self._order(rule, total)
         correct = seen = 0
         for stop in rule.stops(total):
             for start in range(seen, stop, self.batch_size):
                 x, y = self._take(self.x, self.y, order[start : min(start + self.batch_size, stop)])
-                correct += self._correct(x, y)
+                correct += count_correct(x, y)
             seen = stop
             if rule.should_reject(correct, seen, total):
                 break
@@ -155,8 +196,11 @@ class Evaluator(abc.ABC):
         return self._top1(plan, x, y, recalibrate)
 
     def _top1(self, plan: Plan, x: Any, y: Any, recalibrate: bool | None) -> float:
-        with self.substituted(plan, recalibrate=recalibrate):
-            return 100.0 * self._correct(x, y) / len(y)
+        if plan.int8_layers and recalibrate is not None:
+            # The int8 model is lowered with the statistics the search scored it with, never others.
+            raise ValueError("an int8 plan is scored as emitted: recalibrate cannot be chosen for it")
+        with self._scoring(plan, lambda p: self.substituted(p, recalibrate=recalibrate)) as count_correct:
+            return 100.0 * count_correct(x, y) / len(y)
 
     def candidate(self, plan: Plan) -> AbstractContextManager[None]:
         """The context `screen` evaluates `plan` in: `substituted` unless an evaluator has a cheaper exact form."""
@@ -177,7 +221,8 @@ class Evaluator(abc.ABC):
 
     @abc.abstractmethod
     def logits(self, plan: Plan, x) -> np.ndarray:
-        """fp32 logits of `plan` on images `x`, whatever the search precision: the validation reference."""
+        """fp32 logits of `plan`'s float part on images `x`, whatever the search precision: the validation reference
+        of the lowered float model (int8 layers are the simulation's, `int8`)."""
 
     def float64_logits(self, plan: Plan, x) -> np.ndarray | None:
         """`logits` computed in float64 from the same float32 parameters and statistics, or None where unavailable.
@@ -195,6 +240,11 @@ class Evaluator(abc.ABC):
     @abc.abstractmethod
     def priorities(self, analysis: ChannelAnalysis, groups: Sequence[ChannelGroup], method: str = "taylor") -> dict[str, np.ndarray]:
         """Importance of each unit of each group, by group id ("taylor" or "l1"); a fallback is recorded in `notes`."""
+
+
+def _numpy(a: Any) -> np.ndarray:
+    """A torch tensor (on any device) or an array, as a numpy array."""
+    return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
 
 
 def make_evaluator(

@@ -106,6 +106,20 @@ def _loader(data: TrainingSet, batches: EpochBatches, workers: int, device: torc
     )
 
 
+def batch_with_teacher(batch, device: torch.device, layout: torch.memory_format, teacher, cfg
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A loader batch on `device` (images in `layout`) and, with --distill, the teacher's logits for it."""
+    if isinstance(batch, str):  # an image a worker could not decode (TrainingSet.__getitems__)
+        raise DataError(batch)
+    x = batch[0].to(device, non_blocking=True).contiguous(memory_format=layout)
+    y = batch[1].to(device, non_blocking=True)
+    teacher_logits = None
+    if teacher is not None and cfg.distill:
+        with torch.no_grad():
+            teacher_logits = teacher(x).float()
+    return x, y, teacher_logits
+
+
 def _loss(logits, labels, teacher_logits, cfg: FinetuneConfig):
     ce = F.cross_entropy(logits, labels)
     if teacher_logits is None:
@@ -154,14 +168,7 @@ def finetune(
         model.train()
         total, correct, seen = 0.0, 0, 0
         for step, batch in enumerate(loader):
-            if isinstance(batch, str):  # an image a worker could not decode (TrainingSet.__getitems__)
-                raise DataError(batch)
-            x = batch[0].to(device_t, non_blocking=True).contiguous(memory_format=layout)
-            y = batch[1].to(device_t, non_blocking=True)
-            teacher_logits = None
-            if teacher is not None and cfg.distill:
-                with torch.no_grad():
-                    teacher_logits = teacher(x).float()
+            x, y, teacher_logits = batch_with_teacher(batch, device_t, layout, teacher, cfg)
             logits = model(x).float()
             loss = _loss(logits, y, teacher_logits, cfg)
             optimizer.zero_grad(set_to_none=True)

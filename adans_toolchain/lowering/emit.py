@@ -44,6 +44,24 @@ def lower_plan(
     *,
     threads: int,
 ) -> Emitted:
+    pre, model, log = lower_float(onnx_model, analysis, plan, transform, evaluator)
+    x = check_images[:VALIDATION_IMAGES]
+    # Only when the plain tolerance is exceeded: how much float32 rounding moves this plan's logits (validate.py).
+    validation = validate_lowered(
+        model, evaluator.logits(plan, x), x.numpy(), threads=threads,
+        float64_reference=lambda n: evaluator.float64_logits(plan, x[:n]),
+    )
+    return Emitted(model, pre, validation, log)
+
+
+def lower_float(onnx_model: onnx.ModelProto, analysis: ChannelAnalysis, plan: Plan, transform, evaluator
+                ) -> tuple[onnx.ModelProto, onnx.ModelProto, list[dict]]:
+    """(pre_simplify, simplified model, pass log) of `plan`'s float part: pruned and factorised, not yet validated.
+
+    The one lowering both the emitted model and the int8 search's candidates
+    (quantization/searched.py) go through, so an int8 candidate is scored on
+    the float model that is emitted for it.
+    """
     # The emitted model carries the values the candidate was scored with:
     # re-estimated BatchNorm statistics and magnitude-pruned weights.
     source = set_initializers(onnx_model, {**evaluator.batchnorm_statistics(plan), **transform.sparse_weights(plan)})
@@ -52,10 +70,4 @@ def lower_plan(
         [PruneChannelsPass(analysis, plan), DecomposePass(analysis, plan, transform.factorizations), CheckModelPass()],
     )
     model, simplify_log = run_passes(pre, [SimplifyPass(), CheckModelPass()])
-    x = check_images[:VALIDATION_IMAGES]
-    # Only when the plain tolerance is exceeded: how much float32 rounding moves this plan's logits (validate.py).
-    validation = validate_lowered(
-        model, evaluator.logits(plan, x), x.numpy(), threads=threads,
-        float64_reference=lambda n: evaluator.float64_logits(plan, x[:n]),
-    )
-    return Emitted(model, pre, validation, log + simplify_log)
+    return pre, model, log + simplify_log

@@ -47,13 +47,15 @@ from adans_toolchain.search.boundary import (
 from adans_toolchain.search.holdout import choose_on_holdout, holdout_threshold, split_holdout, top_distinct
 from adans_toolchain.search.types import Evaluation, SearchResult
 from adans_toolchain.pipeline.config import CompileConfig
-from adans_toolchain.pipeline.int8 import emit_int8
+from adans_toolchain.pipeline.int8 import emit_int8, wants_int8
+from adans_toolchain.quantization.searched import SearchedInt8, search_calibration
 from adans_toolchain.pipeline.costing import predicted_latency, report_latency_model, search_cost_model
 from adans_toolchain.finetune.emit import finetune_model
 from adans_toolchain.lowering.emit import Emitted, lower_plan, simplify
 from adans_toolchain.lowering.storage import storage
 from adans_toolchain.errors import ConfigError, DataError, InputError, failures_named
 from adans_toolchain.evaluation.base import Evaluator, make_evaluator
+from adans_toolchain.evaluation.batchnorm import folded_batchnorms, folded_statistics_note
 from adans_toolchain.evaluation.cache import BudgetedAccuracy, CachedAccuracy, EvaluationCache
 from adans_toolchain.evaluation.rejection import EarlyRejection
 from adans_toolchain.evaluation.substitution import original_weights
@@ -100,6 +102,7 @@ class _Inputs:
     search_val: ImageSet | None = None
     holdout: ImageSet | None = None
     train: TrainingSet | None = None  # TRAIN (with --finetune-epochs), indexed with the other inputs
+    notes: tuple[str, ...] = ()  # what loading decided that the report must say (e.g. re-estimation turned off)
 
     def __post_init__(self) -> None:
         if self.search_val is None:
@@ -184,6 +187,7 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
         progress.step(f"exporting to ONNX and analysing channel groups (input {list(val.image_shape)})")
         with failures_named(f"exporting {cfg.model} to ONNX", _EXPORT_ADVICE):
             onnx_model = export_onnx(loaded.module, val.image_shape)
+    calibration, load_notes = _without_folded_statistics(calibration, loaded.module, onnx_model)
     with failures_named(f"analysing the ONNX graph of {cfg.model}", _ANALYSIS_ADVICE):
         graph = Graph.from_model(onnx_model, val.image_shape)
     classes = graph.shapes[graph.output_names[0]][-1]
@@ -194,7 +198,22 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
         analysis = analyse_channels(graph)
     train = _training_data(cfg, prep, val.image_shape, classes, progress) if cfg.finetune_epochs else None
     return _Inputs(target, threads, loaded.module, loaded.description, val, test, calibration, prep, onnx_model, analysis,
-                   search_val=search_val, holdout=holdout, train=train)
+                   search_val=search_val, holdout=holdout, train=train, notes=load_notes)
+
+
+def _without_folded_statistics(calibration: ImageSet | None, module, onnx_model: onnx.ModelProto
+                               ) -> tuple[ImageSet | None, tuple[str, ...]]:
+    """No BatchNorm re-estimation for a model whose statistics were folded into its weights (evaluation/batchnorm.py)."""
+    if calibration is None:
+        return None, ()
+    folded, total = folded_batchnorms(module) if isinstance(module, torch.nn.Module) else ([], 0)
+    if not total:
+        folded, total = folded_batchnorms(onnx_model)
+    if not folded:
+        return calibration, ()
+    note = folded_statistics_note(folded, total)
+    warnings.warn(note, stacklevel=1)
+    return None, (note,)
 
 
 def _training_data(cfg: CompileConfig, prep: Preprocessing, image_shape: tuple[int, int, int], classes: int,
@@ -285,6 +304,9 @@ def _compile(cfg: CompileConfig, progress: Progress, ws: Workspace, stage=None) 
         inputs.module, inputs.search_val, transform, device=cfg.device, batch_size=cfg.batch_size, calibration=inputs.calibration,
         precision=cfg.precision, slicing=cfg.candidates == "sliced",
     )
+    evaluator.notes.extend(inputs.notes)
+    if "int8" in methods:  # --methods ...,int8: int8 candidates are lowered, quantized and simulated
+        evaluator.int8 = _searched_int8(inputs, transform)
     identity = Plan((), _fingerprint(inputs.onnx_model))
     start = time.perf_counter()
     baseline_val = float(evaluator.accuracy([identity])[0])
@@ -358,6 +380,12 @@ def _compile(cfg: CompileConfig, progress: Progress, ws: Workspace, stage=None) 
         return _emit(run, search, selected, notes)
     finally:
         executor.close()
+
+
+def _searched_int8(inputs: _Inputs, transform: PlanTransform) -> SearchedInt8:
+    """What scores int8 candidates: the search's model lowered, quantized and simulated (quantization/searched.py)."""
+    calibration, _ = search_calibration(inputs.calibration, inputs.search_val)
+    return SearchedInt8(inputs.onnx_model, inputs.analysis, transform, calibration.x.numpy(), tuple(inputs.val.image_shape))
 
 
 def _baseline_cost(inputs: _Inputs, cost_model, identity: Plan) -> float:
@@ -523,6 +551,33 @@ def _one_rate_facts(run: _Run, rule: OneRate, variant: str, *, evaluations: int)
         top1_test=None if test is None else float(test), bn_recalibrated=evaluator.recalibrates(plan),
         evaluations=evaluations, complete=rule.complete, variant=variant,
     )
+
+
+def _with_rule_at_searched_cost(run: _Run, facts: OneRateFacts | None, plan: Plan) -> OneRateFacts | None:
+    """`facts` with the rule at the searched plan's cost: the rate (same variant) whose plan's cost is nearest,
+    found on cost alone, then scored on SEARCH-VAL and TEST (two evaluations, outside the search's
+    budget). At equal cost the search has nothing to hide behind a cheaper plan's lower accuracy. Only when
+    the searched plan is cheaper than the rule (otherwise the rule itself is the comparison)."""
+    if facts is None or facts.at_searched_cost is not None or plan.is_identity or run.stage is not None:
+        return facts
+    target = _plan_cost(run, plan)
+    mask = dict(_one_rate_variants(run.space)).get(facts.variant)
+    if target >= facts.cost_ratio - 1e-9:
+        return facts
+    def cost(rate: float) -> float:
+        return _plan_cost(run, _rule_plan(run, OneRate(rate, None, 0, [], mask=mask)))
+
+    # cost(lo) > target >= cost(hi); one rate moves every group a unit at a time, so the cost moves in steps
+    # (about 2 points of MACs on ResNet-56): of the two rates either side of the target, the nearer in cost.
+    lo, hi = facts.rate, 1.0
+    for _ in range(20):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if cost(mid) <= target else (mid, hi)
+    rate = hi if target - cost(hi) <= cost(lo) - target else lo
+    rule_plan = _rule_plan(run, OneRate(rate, None, 0, [], mask=mask))
+    val = float(run.evaluator.accuracy_on(rule_plan, run.inputs.search_val))
+    at_cost = _one_rate_facts(run, OneRate(rate, val, 0, [], mask=mask), facts.variant, evaluations=0)
+    return dataclasses.replace(facts, at_searched_cost=at_cost)
 
 
 def _characterise_boundary(run: _Run, accuracies: BudgetedAccuracy, rule: OneRate) -> Boundary:
@@ -854,12 +909,13 @@ def _select_on_holdout(run: _Run, feasible: list[Evaluation]) -> SelectedPlan:
 
 
 def _emit(run: _Run, search: SearchOutcome, selected: SelectedPlan, evaluator_notes: tuple[str, ...], *,
-          baseline: onnx.ModelProto | None = None, report_extra: dict | None = None) -> dict:
+          baseline: onnx.ModelProto | None = None, report_extra: dict | None = None, finetune=None) -> dict:
     """Lower, validate, measure (and fine-tune if asked) the chosen plan; write OUT and the report.
 
     --budgets (pipeline/family.py) emits each member through this into its own folder: `baseline` is the
     simplified original made once for all of them (no baseline.onnx is then written beside each member), and
-    `report_extra` is merged into the member's report."""
+    `report_extra` is merged into the member's report, and `finetune` (a stand-in for `_finetune`, called as it
+    is) gives the member its share of the family's joint fine-tuning."""
     cfg, inputs, evaluator, progress, timings = run.cfg, run.inputs, run.evaluator, run.progress, run.timings
     plan = selected.plan
     # --rounds: baseline.onnx, MACs, the layer and group tables and the predicted latency are of the original
@@ -882,7 +938,7 @@ def _emit(run: _Run, search: SearchOutcome, selected: SelectedPlan, evaluator_no
     finetuned = None
     if cfg.finetune_epochs:
         t = time.perf_counter()
-        finetuned = _finetune(cfg, inputs, models, run.ws, progress, accuracies, stage=stage)
+        finetuned = (finetune or _finetune)(cfg, inputs, models, run.ws, progress, accuracies, stage=stage)
         models, accuracies = finetuned.models, finetuned.accuracies
         timings["finetune_s"] = time.perf_counter() - t
     measured = None
@@ -894,9 +950,9 @@ def _emit(run: _Run, search: SearchOutcome, selected: SelectedPlan, evaluator_no
             time_budget_s=cfg.measure_budget_s,
         )
         timings["measure_s"] = time.perf_counter() - t
-    int8 = None  # --quantize int8: OUT/model_int8.onnx (with --rounds, of the last round's model)
-    if cfg.quantize and (stage is None or stage.final):
-        int8 = emit_int8(cfg, inputs, models.baseline, models.compressed.model, accuracies, progress, timings)
+    int8 = None  # --quantize int8 or an int8 plan: OUT/model_int8.onnx (with --rounds, of the last round's model)
+    if wants_int8(cfg, plan) and (stage is None or stage.final):
+        int8 = emit_int8(cfg, inputs, models.baseline, models.compressed.model, accuracies, progress, timings, plan)
     latency, latency_notes = _predicted_latency(cfg, original, run.cost_model, report_identity, report_plan)
     notes = list(evaluator_notes) + list(selected.notes) + ([] if stage is None else list(stage.notes()))
     notes.extend(n for n in latency_notes if n not in notes)
@@ -976,7 +1032,7 @@ def _search_facts(run: _Run, search: SearchOutcome, selected: SelectedPlan, reca
         history_samples=len(result.history),
         iterations=tuple(result.iterations),
         selection=selected.selection,
-        one_rate=search.one_rate,
+        one_rate=_with_rule_at_searched_cost(run, search.one_rate, selected.plan),
         images=stats.get("images"),
         early_rejected=stats.get("rejected", 0),
         early_rejection=_rejection_name(run.evaluator.early_rejection),
@@ -1017,7 +1073,8 @@ def _accuracies(cfg: CompileConfig, inputs: _Inputs, evaluator, models: EmittedM
         baseline = _top1(models.baseline, data, threads=inputs.threads, batch_size=cfg.batch_size)
         compressed = _top1(models.compressed.model, data, threads=inputs.threads, batch_size=cfg.batch_size)
         # What the same plan scores with the trained statistics, for the report.
-        without = evaluator.accuracy_on(plan, data, recalibrate=False) if evaluator.recalibrates(plan) else None
+        # (of the float model.onnx: an int8 plan's model_int8.onnx is scored in pipeline/int8.py)
+        without = evaluator.accuracy_on(plan.float_part, data, recalibrate=False) if evaluator.recalibrates(plan) else None
         splits[split] = SplitAccuracy(baseline, compressed, compressed_without_bn_recalibration=without)
     return Accuracies(**splits)
 

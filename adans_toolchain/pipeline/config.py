@@ -149,7 +149,8 @@ class CompileConfig:
     methods: tuple[str, ...] = setting(
         ("ps",), type=comma_separated, group=SEARCH,
         help="comma separated: ps (channel pruning), pn (unstructured magnitude pruning), svd (Gemm/1x1 conv), "
-        "tucker (kxk conv), d = svd,tucker; e.g. d,ps decomposes then prunes",
+        "tucker (kxk conv), d = svd,tucker, int8 (each layer's precision, float or int8: the plan's int8 layers "
+        "are written as OUT/model_int8.onnx beside the float model.onnx); e.g. d,ps decomposes then prunes",
     )
     sampler: str = setting(
         "adans", choices=SAMPLER_NAMES, group=SEARCH,
@@ -242,6 +243,14 @@ class CompileConfig:
         "next larger one's channels, in OUT/budgets/<B>/ (model.onnx, plan.json, report.*), with "
         "OUT/budgets/family.json, family.md and pareto.png; --iterations is split among the budgets, every "
         "candidate runs on all of VAL (no early rejection), and OUT's own files are the largest budget's member",
+    )
+    family_finetune: str | None = setting(
+        metavar="HOW", choices=("joint", "separate"), group=FINETUNE, resumable=True,
+        help="with --budgets and --finetune-epochs: joint (the default) fine-tunes the family as one set of weights, "
+        "the largest member's, by the sandwich rule (each step: the largest member, the smallest and two others "
+        "drawn at random, one optimizer step), then re-estimates each member's BatchNorm statistics, so every "
+        "member's weights stay slices of OUT/budgets/shared_weights.onnx (needs --methods ps; not with "
+        "--finetune-baseline); separate fine-tunes each member on its own (its own weights, no longer slices)",
     )
     samples: int = setting(50, metavar="B", group=SEARCH, help="samples per iteration, b. " + _BUDGET)
     iterations: int = setting(20, metavar="T", group=SEARCH, resumable=True,
@@ -345,6 +354,7 @@ class CompileConfig:
             raise ConfigError("--max-evaluations is a number of candidate evaluations (>= 1)")
         if self.quantize not in (None, "int8"):
             raise ConfigError(f"--quantize {self.quantize}: the only precision is int8")
+        self._check_searched_int8(methods)
         if self.priority not in ("taylor", "l1"):
             raise ConfigError("--priority must be taylor or l1")
         if self.device.startswith("cuda"):
@@ -356,6 +366,27 @@ class CompileConfig:
             raise ConfigError("give --mean and --std together, with one value per image channel each")
         self._check_rounds(methods)
         self._check_budgets()
+        if self.cost == "latency" and "int8" in methods:
+            # Reads the lookup table, so only for the searches it concerns: a table without int8 entries is refused now.
+            from adans_toolchain.pipeline.costing import check_latency_precisions
+
+            check_latency_precisions(self.cost, methods, self.target, self.lut)
+
+    def _check_searched_int8(self, methods: tuple[str, ...]) -> None:
+        """--methods ...,int8 searches which layers run in int8; what it cannot be combined with (yet)."""
+        if "int8" not in methods:
+            return
+        if self.cost == "macs":
+            raise ConfigError("int8 runs the same multiply-adds in integers, so MACs cannot price it: search --methods "
+                              f"{','.join(self.methods)} with --cost memory (bytes at each layer's precision) or --cost latency")
+        if self.quantize:
+            raise ConfigError("--quantize int8 quantizes every layer after the search, --methods ...,int8 searches which "
+                              "layers to quantize: give one of them")
+        if self.executor != "local":
+            raise ConfigError(f"--methods ...,int8 evaluates int8 candidates in this process (each is lowered and "
+                              f"quantized); use --executor local, not {self.executor}")
+        if self.budgets is not None:
+            raise ConfigError("--budgets does not search precision yet: leave int8 out of --methods (or add --quantize int8)")
 
     def _check_rounds(self, methods: tuple[str, ...]) -> None:
         """--rounds and --round-epochs; resolves the default of --round-epochs, so OUT/config.json records the
@@ -386,6 +417,8 @@ class CompileConfig:
         first; a family needs one search iteration per budget, one round, and exact accuracies below the
         threshold, so early rejection is resolved to off (a confidence given explicitly is refused)."""
         if self.budgets is None:
+            if self.family_finetune is not None:
+                raise ConfigError("--family-finetune says how a --budgets family is fine-tuned; it needs --budgets")
             return
         budgets = tuple(float(b) for b in self.budgets)
         if not budgets:
@@ -410,6 +443,24 @@ class CompileConfig:
                               "or give --early-rejection off")
         object.__setattr__(self, "budgets", tuple(sorted(budgets, reverse=True)))
         object.__setattr__(self, "early_rejection", "off")
+        self._check_family_finetune()
+
+    def _check_family_finetune(self) -> None:
+        """--family-finetune (with --budgets only), resolved to joint; joint fine-tuning slices every member's
+        weights out of the largest member's, which only channel pruning keeps possible."""
+        if self.family_finetune is None:
+            object.__setattr__(self, "family_finetune", "joint")
+        if self.family_finetune not in ("joint", "separate"):
+            raise ConfigError(f"--family-finetune {self.family_finetune}: give joint or separate")
+        if self.family_finetune != "joint" or not self.finetune_epochs:
+            return
+        if self.canonical_methods != ("ps",):
+            raise ConfigError(
+                f"--family-finetune joint trains one set of weights that every member slices, which only channel "
+                f"pruning keeps possible; give --methods ps, or --family-finetune separate for --methods {','.join(self.methods)}")
+        if self.finetune_baseline:
+            raise ConfigError("--finetune-baseline is not built for --family-finetune joint; leave it out, or give "
+                              "--family-finetune separate (which fine-tunes the baseline beside every member)")
 
     def epochs_of_round(self, k: int) -> int:
         """Fine-tuning epochs after round k (1-based) of --rounds: --round-epochs, the last round --finetune-epochs."""

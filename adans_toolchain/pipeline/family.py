@@ -28,10 +28,22 @@ The search (docs/DESIGN.md, "Budgets"):
    there is the member. A smaller member at least as accurate as a larger
    one replaces it (it is within the larger budget too), so accuracy never
    rises as the budget shrinks.
-4. Each member is lowered, validated, measured and, if asked, fine-tuned (on
-   its own) by the ordinary emission, into OUT/budgets/<B>/; OUT/budgets/
-   family.json, family.md and pareto.png describe the family; OUT's own
-   model, plan and report are the largest budget's member.
+4. With --finetune-epochs and --family-finetune joint (the default), the
+   family is fine-tuned as one set of weights (finetune/sandwich.py): the
+   distinct members are lowered (BatchNorm separate), the largest member's
+   weights are the shared ones, every other member runs them sliced to its
+   channels (family.json's indices, in the largest member's numbering), each
+   step trains the largest, the smallest and two others drawn at random, and
+   each member's BatchNorm statistics are re-estimated afterwards. The
+   checkpoint (OUT/state/finetune_family.pt) is written per epoch, so a
+   killed compile resumes the fine-tune where it stopped.
+5. Each member is lowered, validated, measured and fine-tuned if asked (its
+   share of the joint fine-tune, or on its own with --family-finetune
+   separate) by the ordinary emission, into OUT/budgets/<B>/; OUT/budgets/
+   family.json, family.md and pareto.png describe the family, and with joint
+   fine-tuning OUT/budgets/shared_weights.onnx holds the one set of weights
+   every member's model_unfolded.onnx slices; OUT's own model, plan and
+   report are the largest budget's member.
 """
 
 from __future__ import annotations
@@ -48,11 +60,18 @@ from cost_models import workload_macs
 from adans_toolchain.errors import ConfigError, SearchStateError
 from adans_toolchain.evaluation.cache import BudgetedAccuracy, CachedAccuracy, EvaluationCache
 from adans_toolchain.fileio import atomic_write_bytes, atomic_write_text
-from adans_toolchain.lowering.emit import simplify
+from adans_toolchain.finetune.sandwich import (
+    RANDOM_MEMBERS, STATISTICS_IMAGES, FamilyMember, SandwichFamily, SandwichLog, emit_member, estimate_statistics,
+    finetune_family, interpreter_check, shared_slices, shared_weights_model,
+)
+from adans_toolchain.finetune.train import FinetuneConfig
+from adans_toolchain.frontend.training_data import training_sources
+from adans_toolchain.lowering.emit import lower_plan, simplify
 from adans_toolchain.pipeline import compile as pipeline
 from adans_toolchain.pipeline.workspace import Workspace
 from adans_toolchain.plan import Plan
 from adans_toolchain.plan.workload import plan_workloads
+from adans_toolchain.reporting.facts import Accuracies, FinetuneFacts, FinetuneRun
 from adans_toolchain.reporting.family import plot_pareto, render_family_markdown
 from adans_toolchain.search import maximize
 from adans_toolchain.search.boundary import max_boundary_evaluations, one_rate_rule
@@ -67,7 +86,10 @@ BUDGETS = "budgets"  # OUT/budgets/: a folder per member, family.json, family.md
 PHASES = "phases.json"  # OUT/budgets/phases.json: how --iterations was split (a resume must split it the same way)
 # OUT's own files: the largest budget's member (baseline.onnx is written there once, for all members).
 TOP_FILES = ("model.onnx", "plan.json", "model_before_finetune.onnx", "baseline_finetuned.onnx", "model_int8.onnx",
-             "report.md", "convergence.png")
+             "model_unfolded.onnx", "report.md", "convergence.png")
+SHARED_WEIGHTS = "shared_weights.onnx"  # OUT/budgets/: joint fine-tuning's one set of weights (the largest member's graph)
+UNFOLDED = "model_unfolded.onnx"  # OUT/budgets/<B>/: the member, BatchNorm separate: its weights slices of SHARED_WEIGHTS
+JOINT_CHECKPOINT = "finetune_family.pt"  # OUT/state/: the joint fine-tune's per-epoch checkpoint
 JITTER = (0.85, 1.15)  # a phase's new points around its aimed points: each coordinate scaled within this range
 
 
@@ -178,9 +200,10 @@ def compile_family(run) -> dict:
              "executor": run.executor.describe(), "precision": run.evaluator.precision,
              "images": accuracies.images, "rejected": accuracies.rejected}
     baseline = simplify(run.inputs.onnx_model)
-    reports = _emit_members(run, members, results, boundary, rule_facts, stats, notes, budgets, baseline)
+    joint = _joint_finetune(run, members) if _finetunes_jointly(cfg) else None
+    reports = _emit_members(run, members, results, boundary, rule_facts, stats, notes, budgets, baseline, joint)
     family = _family_facts(run, members, reports, list(candidates.values()), phase_facts, clamp_evaluations,
-                           accuracies, rule_facts, boundary)
+                           accuracies, rule_facts, boundary, joint)
     _write_family(run, family)
     return _write_top(run, members, reports, family, baseline)
 
@@ -512,13 +535,16 @@ def _member_notes(run, m: Member, larger: Member | None) -> list[str]:
     if c.accuracy < run.score.accuracy_threshold:
         notes.append(f"below the accuracy threshold {run.score.accuracy_threshold:.2f}% (--budgets chooses the most "
                      "accurate plan within each budget, whatever its accuracy)")
-    if run.cfg.finetune_epochs:
+    if _finetunes_jointly(run.cfg):
+        notes.append(f"fine-tuned jointly with the family's other members (sandwich rule): its weights are slices of "
+                     f"OUT/{BUDGETS}/{SHARED_WEIGHTS} ({UNFOLDED}: BatchNorm separate), its BatchNorm statistics its own")
+    elif run.cfg.finetune_epochs:
         notes.append("fine-tuned on its own (the members' weights are no longer slices of one weight file)")
     return notes
 
 
 def _emit_members(run, members: list[Member], results: list[SearchResult], boundary, rule_facts, stats, notes,
-                  budgets, baseline) -> list[dict]:
+                  budgets, baseline, joint: "JointFinetune | None") -> list[dict]:
     reports = []
     for i, m in enumerate(members):
         c = m.candidate
@@ -539,8 +565,107 @@ def _emit_members(run, members: list[Member], results: list[SearchResult], bound
                             "nested_in": None if i == 0 else members[i - 1].budget,
                             "search_rank_within_budget": m.rank, "plans_within_budget": m.candidates,
                             "nested_plans_within_budget": m.nested_candidates, "family": "../family.json"}}
-        reports.append(pipeline._emit(member_run, search, selected, notes, baseline=baseline, report_extra=extra))
+        finetune = None if joint is None else joint.finetuner(m)
+        reports.append(pipeline._emit(member_run, search, selected, notes, baseline=baseline, report_extra=extra,
+                                      finetune=finetune))
     return reports
+
+
+# -- joint fine-tuning -------------------------------------------------------------------------------
+
+
+def _finetunes_jointly(cfg) -> bool:
+    return bool(cfg.finetune_epochs) and cfg.family_finetune == "joint"
+
+
+@dataclass
+class JointFinetune:
+    """The family fine-tuned as one set of weights: what each member's emission needs of it."""
+
+    family: SandwichFamily
+    index: dict[str, int]  # a member's candidate key -> its member in `family` (members of equal plans share one)
+    log: SandwichLog
+    config: FinetuneConfig
+    self_checks: list[float]  # per member of `family`: max |sliced member - ONNX Runtime|, relative, before training
+    statistics_images: int
+
+    def shared(self, m: Member) -> dict:
+        """family.json's account of member `m`'s weights: the slices it takes and what is its own."""
+        k = self.index[m.candidate.key]
+        member = self.family.members[k]
+        return {"file": SHARED_WEIGHTS, "unfolded": f"{folder_name(m.budget)}/{UNFOLDED}",
+                "slices": {name: {str(axis): getattr(member, key).tolist() for axis, key in steps}
+                           for name, steps in member.slices.items() if steps},
+                "own": sorted(member.statistics)}
+
+    def facts(self) -> dict:
+        log = self.log
+        return {"mode": "joint", "rule": f"sandwich: each step the largest member, the smallest and {RANDOM_MEMBERS} "
+                f"others drawn at random (every member when there are no more), gradients accumulated, one SGD step",
+                "random_members": RANDOM_MEMBERS, "distinct_members": len(self.family),
+                "distillation": "from the original model" if self.config.distill else None,
+                "shared_weights": SHARED_WEIGHTS, "batchnorm": f"each member's statistics re-estimated on "
+                f"{self.statistics_images} training images after training", "statistics_images": self.statistics_images,
+                "epochs": log.epochs_done, "resumed_from_epoch": log.resumed_from_epoch}
+
+    def finetuner(self, m: Member):
+        """A stand-in for pipeline._finetune that gives member `m` its slice of the shared weights."""
+        k = self.index[m.candidate.key]
+
+        def finetune(cfg, inputs, models, ws, progress, accuracies, stage=None):
+            progress.step(f"budget {folder_name(m.budget)}: its slice of the jointly fine-tuned weights, validated")
+            compressed = models.compressed
+            emitted = emit_member(self.family, k, compressed.pre_simplify, inputs.val.x, threads=inputs.threads,
+                                  pass_log=compressed.pass_log)
+            atomic_write_bytes(ws.root / UNFOLDED, emitted.pre_simplify.SerializeToString())
+            splits = {"val": accuracies.val, "test": accuracies.test}
+            for split, data in (("val", inputs.val), ("test", inputs.test)):
+                if data is not None:
+                    after = pipeline._top1(emitted.model, data, threads=inputs.threads, batch_size=cfg.batch_size)
+                    splits[split] = dataclasses.replace(splits[split], compressed=after,
+                                                        compressed_before_finetune=splits[split].compressed)
+            name = self.family.members[k].name
+            own = FinetuneRun(train_loss=self.log.train_loss[name], train_top1=self.log.train_top1[name],
+                              resumed_from_epoch=self.log.resumed_from_epoch,
+                              interpreter_check_relative_diff=self.self_checks[k], validation=emitted.validation.as_dict())
+            config = {**dataclasses.asdict(self.config), **self.facts(), "steps_trained": self.log.steps[name]}
+            facts = FinetuneFacts(config, len(inputs.train), ", ".join(training_sources(cfg.train_data)), own)
+            return pipeline.FinetuneOutcome(facts, pipeline.EmittedModels(models.baseline, emitted), Accuracies(**splits),
+                                            before_finetune=compressed.model, baseline_finetuned=None)
+
+        return finetune
+
+
+def _joint_finetune(run, members: list[Member]) -> JointFinetune:
+    """Lower the distinct members (largest first), train their shared weights by the sandwich rule, re-estimate
+    each member's BatchNorm statistics, and write OUT/budgets/shared_weights.onnx."""
+    cfg, inputs, progress = run.cfg, run.inputs, run.progress
+    distinct = list({m.candidate.key: m for m in members}.values())  # members are largest first
+    plans = [run.identity if m.candidate.identity else run.space.decode(m.candidate.x) for m in distinct]
+    progress.step(f"joint fine-tuning of the family: lowering its {len(distinct)} distinct member"
+                  f"{'s' if len(distinct) != 1 else ''}")
+    graphs = [lower_plan(inputs.onnx_model, inputs.analysis, plan, run.transform, run.evaluator, inputs.val.x,
+                         threads=inputs.threads).pre_simplify for plan in plans]
+    kept = [_weights_kept(run, plan)[2] for plan in plans]
+    shapes = {i.name: list(i.dims) for i in inputs.onnx_model.graph.initializer}
+    family = SandwichFamily([FamilyMember(folder_name(m.budget), g, shared_slices(k, kept[0], shapes))
+                             for m, g, k in zip(distinct, graphs, kept)], inputs.val.image_shape)
+    checks = [interpreter_check(family, k, inputs.val.x, threads=inputs.threads) for k in range(len(family))]
+    config = FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size,
+                            distill=cfg.distill, seed=cfg.seed)
+    progress.step(f"joint fine-tuning (sandwich rule, {min(len(family), RANDOM_MEMBERS + 2)} of {len(family)} members a "
+                  f"step): {config.epochs} epochs on {len(inputs.train):,} images ({inputs.train.describe()})")
+    log = finetune_family(
+        family, inputs.train, config, random_members=RANDOM_MEMBERS, teacher=inputs.module if cfg.distill else None,
+        checkpoint=run.ws.state / JOINT_CHECKPOINT, device=cfg.device,
+        on_epoch=lambda e, losses: progress.bar(e, config.epochs, "loss " + "  ".join(f"{n} {v:.4f}" for n, v in losses.items())),
+    )
+    progress.done()
+    used = estimate_statistics(family, inputs.train, images=STATISTICS_IMAGES, batch_size=cfg.finetune_batch_size,
+                               seed=cfg.seed, device=cfg.device)
+    atomic_write_bytes(run.ws.root / BUDGETS / SHARED_WEIGHTS, shared_weights_model(family, graphs[0]).SerializeToString())
+    index = {m.candidate.key: k for k, m in enumerate(distinct)}
+    return JointFinetune(family, index, log, config, checks, used)
 
 
 # -- the family ------------------------------------------------------------------------------------
@@ -569,7 +694,7 @@ def _macs_ratios(run, xs: np.ndarray) -> np.ndarray:
 
 
 def _family_facts(run, members: list[Member], reports: list[dict], candidates: list[Candidate], phases: list[dict],
-                  clamps: int, accuracies: CachedAccuracy, rule_facts, boundary) -> dict:
+                  clamps: int, accuracies: CachedAccuracy, rule_facts, boundary, joint: JointFinetune | None) -> dict:
     cfg = run.cfg
     member_keys = {}
     for m in members:
@@ -614,6 +739,7 @@ def _family_facts(run, members: list[Member], reports: list[dict], candidates: l
             "measured": r["speedup"].get("measured_host"),
             "validation": {k: r["validation"].get(k) for k in ("relative_diff", "tolerance", "top1_agreement")},
             "finetuned": "finetuning" in r,
+            "shared_weights": None if joint is None else joint.shared(m),
             "groups": groups,
             "tensors": tensors,
             "parameters": params,
@@ -636,17 +762,35 @@ def _family_facts(run, members: list[Member], reports: list[dict], candidates: l
                         "one_rate_rule": rule_facts.evaluations, "boundary": boundary.evaluations,
                         "nesting_clamps": clamps, "single_compile_at_most": _single_compile_evaluations(run)},
         "phases": phases,
-        "weights": _weights_note(run, members),
+        "finetune": _finetune_facts(run, joint),
+        "weights": _weights_note(run, members, joint),
         "members": rows,
         "evaluated": evaluated,
     }
 
 
-def _weights_note(run, members: list[Member]) -> str:
+def _finetune_facts(run, joint: JointFinetune | None) -> dict | None:
+    """How the family was fine-tuned (None: it was not)."""
+    if not run.cfg.finetune_epochs:
+        return None
+    if joint is None:
+        return {"mode": "separate", "epochs": run.cfg.finetune_epochs}
+    return joint.facts()
+
+
+def _weights_note(run, members: list[Member], joint: JointFinetune | None) -> str:
     """What the nesting means for the weights, for family.json."""
     note = ("every member keeps a subset of the next larger member's channels (groups.kept_units; tensors; parameters: "
             "the indices kept along each channel axis of the original model's initializers, by name), so the members' "
             "convolution and linear weights are slices of the original model's")
+    if joint is not None:
+        return note + (
+            f" before fine-tuning. The family was fine-tuned jointly, as one set of weights: {SHARED_WEIGHTS} (the "
+            f"largest member's graph, BatchNorm separate) holds them, and every member's {UNFOLDED} (BatchNorm "
+            "separate) takes each weight, BatchNorm scale and bias as the slice of it that shared_weights.slices gives "
+            "(indices along each axis in shared_weights.onnx's numbering); only the BatchNorm running statistics "
+            "(shared_weights.own) are each member's own, re-estimated on training images after training. Each "
+            "model.onnx folds its member's BatchNorm into its convolutions, so its weights are not slices")
     if run.cfg.finetune_epochs:
         note += " before fine-tuning; each member was then fine-tuned on its own, so its model.onnx holds its own weights"
     if any(run.evaluator.recalibrates(run.space.decode(m.candidate.x)) for m in members if not m.candidate.identity):

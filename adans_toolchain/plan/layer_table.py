@@ -44,6 +44,8 @@ def plan_layer_table(analysis: ChannelAnalysis, plan: Plan) -> list[dict]:
                 "node": b.name,
                 "op": b.op_type + (" (depthwise)" if b.groups > 1 and b.groups == b.input_shape[1] else ""),
                 "edit": ", ".join(edits) or "—",
+                # The arithmetic the layer (every factor of it) runs in: "int8" or "float" (plan.LayerPrecision).
+                "precision": plan.precision_for(weight),
                 "in_channels": [b.input_shape[1], ops[0].input_shape[1]],
                 "out_channels": [b.output_shape[1], ops[-1].output_shape[1]],
                 "macs": [op_macs(b), sum(op_macs(o) for o in ops)],

@@ -6,7 +6,10 @@ A Plan names edits to the model's parameters by name:
 - low-rank decomposition: per weighted layer (named by its weight), the
   method (SVD for Gemm/MatMul/1x1 Conv, Tucker-2 for kxk Conv) and ranks;
 - unstructured pruning: per weighted layer, how many of its smallest-|w|
-  weights are zeroed.
+  weights are zeroed;
+- precision: per weighted layer, float or int8 (for a decomposed layer,
+  every factor it lowers to takes the layer's precision). Plans written
+  before precision was searched have no record: every layer is float.
 
 It is immutable, hashable and round-trips through JSON exactly.
 """
@@ -14,7 +17,7 @@ It is immutable, hashable and round-trips through JSON exactly.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 FORMAT = "adans-plan/1"
 
@@ -78,6 +81,21 @@ class LayerSparsity:
             raise ValueError(f"layer {self.layer}: cannot remove {self.removed} of {self.size} weights")
 
 
+PRECISIONS = ("float", "int8")
+
+
+@dataclass(frozen=True)
+class LayerPrecision:
+    """The arithmetic one weighted layer (named by its weight) runs in: "float", or "int8" (quantization.INT8_SCHEME)."""
+
+    layer: str
+    precision: str
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"layer {self.layer}: precision must be one of {PRECISIONS}, not {self.precision!r}")
+
+
 @dataclass(frozen=True)
 class Plan:
     pruning: tuple[GroupPruning, ...] = ()
@@ -85,6 +103,7 @@ class Plan:
     decompositions: tuple[LayerDecomposition, ...] = ()
     sparsity: tuple[LayerSparsity, ...] = ()
     meta: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    precision: tuple[LayerPrecision, ...] = ()  # after meta: positional constructions of older code keep their meaning
 
     def pruning_for(self, group: str) -> GroupPruning | None:
         return next((p for p in self.pruning if p.group == group), None)
@@ -94,6 +113,21 @@ class Plan:
 
     def sparsity_for(self, layer: str) -> LayerSparsity | None:
         return next((s for s in self.sparsity if s.layer == layer), None)
+
+    def precision_for(self, layer: str) -> str:
+        """"int8" or "float" (a layer the plan does not name stays float)."""
+        record = next((p for p in self.precision if p.layer == layer), None)
+        return "float" if record is None else record.precision
+
+    @property
+    def int8_layers(self) -> tuple[str, ...]:
+        """Weights (layer names) the plan runs in int8, in plan order."""
+        return tuple(p.layer for p in self.precision if p.precision == "int8")
+
+    @property
+    def float_part(self) -> "Plan":
+        """The plan with every layer float: what pruning and decomposition alone make of the model."""
+        return replace(self, precision=()) if self.precision else self
 
     @property
     def active_decompositions(self) -> tuple[LayerDecomposition, ...]:
@@ -106,6 +140,11 @@ class Plan:
     @property
     def is_identity(self) -> bool:
         """True when the plan changes nothing (the baseline)."""
+        return self.keeps_float_weights and not self.int8_layers
+
+    @property
+    def keeps_float_weights(self) -> bool:
+        """True when the plan changes no float weight (it may still run layers in int8)."""
         return (
             all(len(p.keep) == p.size for p in self.pruning)
             and not self.active_decompositions
@@ -121,6 +160,7 @@ class Plan:
                 {"layer": d.layer, "method": d.method, "ranks": list(d.ranks), "full": list(d.full)} for d in self.decompositions
             ],
             "sparsity": [{"layer": s.layer, "size": s.size, "removed": s.removed} for s in self.sparsity],
+            "precision": [{"layer": p.layer, "precision": p.precision} for p in self.precision],
             "meta": dict(self.meta),
         }
 
@@ -134,7 +174,10 @@ class Plan:
             for d in data.get("decompositions", [])
         )
         sparsity = tuple(LayerSparsity(s["layer"], int(s["size"]), int(s["removed"])) for s in data.get("sparsity", []))
-        return cls(pruning, data.get("model_fingerprint", ""), decompositions, sparsity, tuple(sorted(data.get("meta", {}).items())))
+        # Plans from before precision was searched have no "precision": every layer float.
+        precision = tuple(LayerPrecision(p["layer"], p["precision"]) for p in data.get("precision", []))
+        return cls(pruning, data.get("model_fingerprint", ""), decompositions, sparsity, tuple(sorted(data.get("meta", {}).items())),
+                   precision)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

@@ -7,10 +7,11 @@ from typing import Sequence
 from adans_toolchain.analysis.channels import ChannelAnalysis
 from adans_toolchain.analysis.layers import weighted_layers
 from adans_toolchain.errors import ConfigError
-from adans_toolchain.plan.space import DecompositionSite, Site, SparsitySite
+from adans_toolchain.plan.space import DecompositionSite, PrecisionSite, Site, SparsitySite
 from adans_toolchain.analysis.factors import decomposable, max_ranks
 
-METHODS = ("ps", "pn", "svd", "tucker")
+# int8: each weighted layer's precision (float or int8 weights and activations, quantization.INT8_SCHEME).
+METHODS = ("ps", "pn", "svd", "tucker", "int8")
 ALIASES = {"d": ("svd", "tucker")}
 
 
@@ -32,7 +33,11 @@ def parse_methods(text: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def layer_sites(analysis: ChannelAnalysis, methods: Sequence[str]) -> list[Site]:
-    """Decomposition and unstructured-pruning sites (channel groups are built from priorities)."""
+    """Decomposition, unstructured-pruning and precision sites (channel groups are built from priorities).
+
+    With int8, every weighted layer (Conv, Gemm, MatMul with a stored weight)
+    gets a precision coordinate; a decomposed layer's factors share it.
+    """
     sites: list[Site] = []
     for layer in weighted_layers(analysis.graph):
         kind = decomposable(layer)
@@ -42,4 +47,6 @@ def layer_sites(analysis: ChannelAnalysis, methods: Sequence[str]) -> list[Site]
                 sites.append(DecompositionSite(layer, kind, limits))
         if "pn" in methods and layer.size > 1:
             sites.append(SparsitySite(layer))
+        if "int8" in methods:
+            sites.append(PrecisionSite(layer))
     return sites

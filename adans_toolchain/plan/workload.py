@@ -11,10 +11,11 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Mapping
 
+from cost_models import with_weight_bits
 from cost_models.workload import OpWorkload, Workload
 
 from adans_toolchain.plan.plan import LayerDecomposition, Plan
-from adans_toolchain.analysis.factors import factor_name
+from adans_toolchain.analysis.factors import factor_name, origin_layer
 from adans_toolchain.analysis.channels import ChannelAnalysis
 from adans_toolchain.analysis.graph import PROBE_BATCH, Graph, attributes
 
@@ -194,15 +195,28 @@ def _hashable(value):
 
 
 def plan_workload(analysis: ChannelAnalysis, plan: Plan | None, *, batch: int = 1) -> Workload:
-    """What the model executes once `plan` is lowered."""
+    """What the model executes once `plan` is lowered; its int8 layers (and their factors) at 8-bit weights."""
     if plan is None:
         return graph_workload(analysis.graph, batch=batch)
     decompositions = {d.layer: d for d in plan.active_decompositions}
     sparsity = {s.layer: s.removed / s.size for s in plan.active_sparsity}
-    return graph_workload(
+    workload = graph_workload(
         analysis.graph, channel_counts(analysis, plan), batch=batch, decompositions=decompositions, sparsity=sparsity,
         channel_axes=analysis.channel_axes,
     )
+    if not plan.int8_layers:
+        return workload
+    return with_weight_bits(workload, int8_operators(analysis, plan, workload), 8)
+
+
+def int8_operators(analysis: ChannelAnalysis, plan: Plan, workload: Workload) -> list[str]:
+    """Names of the operators of `workload` (of `plan`) that run in int8: the plan's int8 layers and their factors."""
+    int8_weights = set(plan.int8_layers)
+    nodes = {n.name for n in analysis.graph.nodes if len(n.input) > 1 and n.input[1] in int8_weights}
+    found = {n.input[1] for n in analysis.graph.nodes if n.name in nodes}
+    if found != int8_weights:
+        raise ValueError(f"the plan's int8 layer(s) {sorted(int8_weights - found)[:3]} are no weighted layer of the model")
+    return [op.name for op in workload if origin_layer(op.name) in nodes and op.weight_shape]
 
 
 def plan_workloads(analysis: ChannelAnalysis, plans, *, batch: int = 1) -> list[Workload]:

@@ -295,6 +295,12 @@ def _constant(inits: dict, dq: onnx.NodeProto, float_name: str) -> ConstantQuant
     if scale.ndim == 1:  # per axis (ONNX: a 1-D scale is per channel along `axis`, default 1)
         axis = next((int(a.i) for a in dq.attribute if a.name == "axis"), 1)
         axis = axis + stored.ndim if axis < 0 else axis
+        if axis >= stored.ndim:
+            # A layer pruned to one output channel: its bias is 1-D with a one-element scale and no axis (the
+            # default, 1, is outside it), which ONNX Runtime reads as per tensor, and so does the simulation.
+            if scale.size != 1:
+                raise LoweringError(f"DequantizeLinear '{dq.name}': per-channel axis {axis} outside its {stored.ndim}-D input")
+            axis = None
     if stored.dtype not in _RANGES:
         raise LoweringError(f"DequantizeLinear '{dq.name}' reads {stored.dtype} integers: cannot simulate")
     return ConstantQuant(scale, zero_point, axis, stored.dtype, float_name, stored)

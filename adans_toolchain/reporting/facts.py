@@ -208,6 +208,9 @@ class OneRateFacts:
     evaluations: int  # bisection points evaluated (cache hits included)
     complete: bool  # False: --max-evaluations ran out during the bisection
     variant: str = "all coordinates"  # which coordinates the rate applies to (the cheaper feasible variant)
+    # The same rule at the rate whose cost matches the searched plan's (when the search went cheaper): the
+    # comparison at equal cost, scored on SEARCH-VAL and TEST after the search (outside its evaluation budget).
+    at_searched_cost: "OneRateFacts | None" = None
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,29 @@ def _source(source: dict) -> str:
     return f"phase {source['phase']:.2f}, iteration {source['iteration']}"
 
 
+def _finetune_section(family: dict) -> list[str]:
+    """How the family was fine-tuned and each member's top-1 before and after; nothing when it was not."""
+    tune = family.get("finetune")
+    if not tune:
+        return []
+    if tune["mode"] == "joint":
+        how = (f"Jointly, as one set of weights (`{tune['shared_weights']}`, the largest member's): {tune['rule']}; "
+               f"{tune['epochs']} epochs"
+               + (f" (resumed after epoch {tune['resumed_from_epoch']})" if tune["resumed_from_epoch"] else "")
+               + (f", distilled {tune['distillation']}" if tune["distillation"] else "")
+               + f"; {tune['batchnorm']}. Every member's `model_unfolded.onnx` is a slice of the shared weights but "
+               "for its BatchNorm statistics.")
+    else:
+        how = f"Each member on its own ({tune['epochs']} epochs): the members' weights are no longer slices of one file."
+    lines = ["## Fine-tuning", "", how, "",
+             "| budget | VAL before | VAL after | TEST before | TEST after |", "|---|---|---|---|---|"]
+    for m in family["members"]:
+        t = m["top1"]
+        lines.append(f"| {m['budget']:.2f} | {_pct(t['val_before_finetune'])} | {_pct(t['val'])} | "
+                     f"{_pct(t['test_before_finetune'])} | {_pct(t['test'])} |")
+    return lines + [""]
+
+
 def render_family_markdown(family: dict, plots: list[str]) -> str:
     members, base, cost = family["members"], family["baseline"], family["cost"]
     ev = family["evaluations"]
@@ -70,12 +93,14 @@ def render_family_markdown(family: dict, plots: list[str]) -> str:
         measured = "—" if batch is None else (f"{batch[1]['compressed_ms']:.3f} ms @ batch {batch[0]} "
                                                f"({batch[1]['speedup']:.2f}×)")
         tune = " (fine-tuned; before: " + _pct(t["val_before_finetune"]) + ")" if m["finetuned"] else ""
+        tune_test = " (before: " + _pct(t["test_before_finetune"]) + ")" if m["finetuned"] and t["test"] is not None else ""
         lines.append(
             f"| {m['budget']:.2f} | [{m['folder']}]({m['folder']}/report.md) | {m['cost_ratio']:.1%} | {m['macs_ratio']:.1%} | "
             f"{m['params_ratio']:.1%} | {_pct(t['search_val'])} | {_pct(t['holdout'])} | {_pct(t['val'])}{tune} | "
-            f"{_pct(t['test'])} | {measured} | {_source(m['source'])} |"
+            f"{_pct(t['test'])}{tune_test} | {measured} | {_source(m['source'])} |"
         )
     lines.append("")
+    lines += _finetune_section(family)
     notes = [f"{m['budget']:.2f}: {m['replaced']}" for m in members if m.get("replaced")]
     notes += [f"{m['budget']:.2f}: below the accuracy threshold on SEARCH-VAL" for m in members
               if not m["meets_accuracy_threshold"]]

@@ -1,4 +1,5 @@
-"""The report's "int8" section (--quantize int8): facts the pipeline computed, and their Markdown."""
+"""The report's "int8" section (--quantize int8, or a searched plan with int8 layers): facts the pipeline computed,
+and their Markdown."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ class Int8Facts:
     # Per batch: baseline, float (model.onnx) and int8 ms, interleaved in one run, and both speedups over the
     # baseline; None with --no-measure.
     measured: Mapping[str, Any] | None = None
+    # True: the layers are the plan's (--methods ...,int8), chosen by the search; False: --quantize int8, every layer.
+    searched: bool = False
 
     def as_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -42,9 +45,16 @@ def int8_markdown(r: dict) -> list[str]:
     v, s, files = q["validation"], q["scheme"], q["file_bytes"]
     weights = q["costs"]["weight_bytes"]
     float_weights, int8_weights = sum(weights["float"].values()), sum(weights["int8"].values())
+    searched = q.get("searched", False)
     lines = [
-        "## int8 (post-training quantization)",
+        "## int8 (precision searched per layer)" if searched else "## int8 (post-training quantization)",
         "",
+        *([
+            "`model_int8.onnx` is the searched model: the plan's int8 layers quantized, calibrated on the images its "
+            "candidates were scored with; `model.onnx` is its float version (the plan's pruning and decomposition only). "
+            "The layer table gives each layer's precision.",
+            "",
+        ] if searched else []),
         f"`model_int8.onnx`: {len(q['layers'])} of {len(q['layers']) + len(q['float_layers'])} weighted layers int8. "
         f"Format: {s['format']}. Weights: {s['weights']}. Activations: {s['activations']}. Bias: {s['bias']}. "
         f"Calibration: {s['calibration']}, {q['calibration_images']} images from {q['calibration_source']}.",

@@ -154,7 +154,9 @@ def _one_rate(search: SearchFacts, outcome: CompileOutcome) -> dict | None:
     test, best = outcome.accuracies.test, search.best
     searched_test = None if test is None else test.compressed if test.compressed_before_finetune is None else test.compressed_before_finetune
     return {
-        **{f.name: getattr(rule, f.name) for f in fields(rule)},
+        **{f.name: getattr(rule, f.name) for f in fields(rule) if f.name != "at_searched_cost"},
+        "at_searched_cost": None if rule.at_searched_cost is None else {
+            f.name: getattr(rule.at_searched_cost, f.name) for f in fields(rule.at_searched_cost) if f.name != "at_searched_cost"},
         "lowered": False,
         "searched": {
             "macs_ratio": outcome.compressed.macs / outcome.baseline.macs,
@@ -198,7 +200,7 @@ def table_iv(speedup: dict, layers: list[dict], latency: PredictedLatency | None
 
 
 def space_methods(space) -> list[str]:
-    kinds = {"ps": "ps", "pn": "pn"}
+    kinds = {"ps": "ps", "pn": "pn", "int8": "int8"}
     methods = []
     for site in space.sites:
         name = kinds.get(site.kind) or site.method
@@ -359,17 +361,32 @@ def _one_rate_markdown(r: dict) -> list[str]:
         f"(the search's own order): {found} rate that meets the threshold, found by bisection "
         f"({rule['evaluations']} evaluations"
         + ("; --max-evaluations ran out during it" if not rule["complete"] else "")
-        + "). The search started from it; its plan is scored by substitution and not lowered.",
+        + "). The search started from it; its plan is scored by substitution and not lowered"
+        + (" (a plan with int8 layers: lowered, quantized and simulated, as the search scores it)."
+           if "int8" in r["search"].get("methods", ()) else "."),
         "",
-        f"| | MACs | cost ratio ({r['search']['cost']['name']}) | top-1 {val} (substituted) | top-1 TEST |",
+        f"| | MACs | cost ratio ({r['search']['cost']['name']}) | top-1 {val} (as the search scores it) | top-1 TEST |",
         "|---|---|---|---|---|",
         f"| one-rate rule | {rule['macs_ratio']:.1%} | {rule['cost_ratio']:.1%} | {_pct(rule['top1_val'])} | "
         f"{_pct(rule['top1_test'])}{test_label if rule['top1_test'] is not None else ''} |",
+        *_rule_at_cost_row(rule.get("at_searched_cost"), test_label),
         f"| searched (emitted) | {searched['macs_ratio']:.1%} | {searched['cost_ratio']:.1%} | {_pct(searched['top1_val'])} | "
         f"{_pct(searched['top1_test'])}{' (emitted model)' if searched['top1_test'] is not None else ''} |",
         "",
     ]
+    if rule.get("at_searched_cost"):
+        lines += ["The rule at the searched plan's cost: the rate whose plan's cost is nearest the searched one's (one "
+                  "rate moves every group a unit at a time, so costs come in steps), found on cost alone and scored "
+                  "after the search; it need not meet the threshold: it is the comparison at (about) equal cost.", ""]
     return lines + _cap_markdown(r["search"])
+
+
+def _rule_at_cost_row(at_cost: dict | None, test_label: str) -> list[str]:
+    if not at_cost:
+        return []
+    return [f"| one-rate rule at the searched cost (r = {at_cost['rate']:.4g}) | {at_cost['macs_ratio']:.1%} | "
+            f"{at_cost['cost_ratio']:.1%} | {_pct(at_cost['top1_val'])} | {_pct(at_cost['top1_test'])}"
+            f"{test_label if at_cost['top1_test'] is not None else ''} |"]
 
 
 def _cap_markdown(s: dict) -> list[str]:
@@ -549,12 +566,13 @@ def render_markdown(r: dict, plots: list[str]) -> str:
     lines += [
         "## Layers",
         "",
-        "| layer | op | edit | in ch | out ch | MACs before | MACs after | params before | params after |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| layer | op | edit | precision | in ch | out ch | MACs before | MACs after | params before | params after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in r["layers"]:
         lines.append(
-            f"| {row['layer']} | {row['op']} | {row['edit']} | {row['in_channels'][0]} → {row['in_channels'][1]} | "
+            f"| {row['layer']} | {row['op']} | {row['edit']} | {row.get('precision', 'float')} | "
+            f"{row['in_channels'][0]} → {row['in_channels'][1]} | "
             f"{row['out_channels'][0]} → {row['out_channels'][1]} | {row['macs'][0]:,} | {row['macs'][1]:,} | "
             f"{row['params'][0]:,} | {row['params'][1]:,} |"
         )

@@ -69,3 +69,16 @@ def test_a_resume_with_the_same_cap_pays_for_nothing_and_a_larger_cap_goes_on(ca
     assert "one-rate rule (r = " in summary and "; searched: " in summary
     assert _compile(example_paths, CAP + 4, "--resume", str(out)) == 0
     assert _paid(out) == CAP + 4
+
+
+def test_the_rule_is_also_reported_at_the_searched_plans_cost(capped, capsys):
+    """The searched plan here is cheaper than the rule, so the rule is pushed to the same cost and scored."""
+    r = json.loads((capped / "report.json").read_text())
+    rule = r["search"]["one_rate_rule"]
+    searched, at_cost = rule["searched"], rule["at_searched_cost"]
+    assert searched["cost_ratio"] < rule["cost_ratio"]
+    assert at_cost["rate"] > rule["rate"] and at_cost["variant"] == rule["variant"]
+    # The rate whose cost is nearest the searched plan's (costs move in steps of one unit per group).
+    assert abs(at_cost["cost_ratio"] - searched["cost_ratio"]) < 0.05
+    assert at_cost["top1_test"] is not None and at_cost["evaluations"] == 0
+    assert "one-rate rule at the searched cost" in (capped / "report.md").read_text()

@@ -55,7 +55,10 @@ CHANGES = {
     "debug": True, "out": "elsewhere", "command": "adans-compile ...", "rescore_top": 3,
     "max_evaluations": 100, "candidates": "zeroed",
     "quantize": "int8",  # post-training int8 comes after the search: a resume may add it
+    "family_finetune": "separate",  # how a --budgets family is fine-tuned, after its search
 }
+# What a setting of CHANGES needs beside it to be valid at all.
+NEEDS = {"family_finetune": {"budgets": (0.5,)}}
 
 
 def test_the_changes_tested_below_cover_every_resumable_setting():
@@ -64,7 +67,7 @@ def test_the_changes_tested_below_cover_every_resumable_setting():
 
 @pytest.mark.parametrize("name", sorted(CHANGES))
 def test_a_resumable_setting_may_change_on_resume(tmp_path, name):
-    first = make()
+    first = make(**NEEDS.get(name, {}))
     Workspace.open(tmp_path, first.resume_key(), resume=False, overwrite=False)
     Workspace.open(tmp_path, replace(first, **{name: CHANGES[name]}).resume_key(), resume=True, overwrite=False)
 
