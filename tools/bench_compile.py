@@ -9,10 +9,15 @@ Suites (each job is one real compile; a killed job resumes where it stopped):
   executors      evaluations per second: ResNet-20 on this CPU, local and Ray
                  with 1, 2 and 4 workers; the paper's b=100, T=50 search  (issue 7)
   finetune       ResNet-56: search at a low threshold, then fine-tune     (issue 8)
-  search         ResNet-56: one-rate rule and the default search against TPE and CMA-ES,
+  search         ResNet-56: one-rate rule and the default search (adans) against the paper's
+                 AdaNS-Gaussian, TPE and CMA-ES,
                  250 paid evaluations each, both threads                  (issue 13)
   samplers       ResNet-56: every sampler (gaussian, adans, tpe, cmaes) with three seeds on the
                  search suite's objective and budget, to choose the default (issue 13)
+  int8           ResNet-56: ps (and post-training int8 of its model) against ps,int8, priced by
+                 memory                                                   (issue 15)
+  budgets        ResNet-56: --budgets 0.8 0.6 0.4 (one search, joint fine-tuning) against three
+                 single-budget compiles with the same evaluations in all  (issue 17)
   recovery       ResNet-56: the whole pipeline at scale, searched toward a small budget and
                  fine-tuned on 50,000 JPEG + 3,000 pixel-exact training images with
                  distillation, the baseline fine-tuned the same way        (issue 14)
@@ -125,9 +130,16 @@ SUITES: dict[str, dict[str, list[str]]] = {
     # objective (same cache, same score), each capped at the same paid evaluations, on both threads.
     "search": {
         f"resnet56-{sampler}": [*RESNET56, "--methods", "ps", "--max-accuracy-drop", "2", "--samples", "16",
-                                "--iterations", "16", "--boundary-rounds", "3", "--bn-recalibrate", "256",
+                                "--iterations", "16", "--bn-recalibrate", "256",
                                 "--max-evaluations", "250", "--sampler", sampler, "--threads", "2"]
-        for sampler in ("gaussian", "tpe", "cmaes")
+        for sampler in ("adans", "gaussian", "tpe", "cmaes")
+    } | {
+        # The same comparison on ImageNet (500 VAL images: 350 ranked on, 150 held back), capped at 100 paid
+        # evaluations: one costs about 20x a ResNet-56 one, and the issue allows 30 minutes per search.
+        f"mobilenet_v2-{sampler}": [*MOBILENET_V2, "--methods", "ps", "--max-accuracy-drop", "2", "--samples", "10",
+                                    "--iterations", "16", "--bn-recalibrate", "128", "--batch-size", "100",
+                                    "--max-evaluations", "100", "--sampler", sampler, "--threads", "2"]
+        for sampler in ("adans", "tpe", "cmaes", "gaussian")
     },
     "finetune": {
         "resnet56-ps-finetune": [*RESNET56, "--methods", "ps", "--max-accuracy-drop", "8", *RESNET56_SEARCH,
@@ -140,6 +152,16 @@ SUITES: dict[str, dict[str, list[str]]] = {
                                            "--iterations", "16", "--bn-recalibrate", "256", "--max-evaluations", "250",
                                            "--sampler", sampler, "--seed", str(seed), "--threads", "2"]
         for sampler in ("gaussian", "adans", "tpe", "cmaes") for seed in (0, 1, 2)
+    },
+    # Issue 15: precision searched with pruning against pruning alone, both priced by memory (bytes at each layer's
+    # precision; MACs cannot price int8). The `ps` job also quantizes its whole model after the search
+    # (--quantize int8), the post-training alternative a user would try first.
+    "int8": {
+        f"resnet56-{methods}": [*RESNET56, "--methods", methods, "--cost", "memory", "--max-accuracy-drop", "2",
+                                "--samples", "16", "--iterations", "16", "--bn-recalibrate", "256",
+                                "--max-evaluations", "150", "--threads", "2",
+                                *(["--quantize", "int8"] if methods == "ps" else [])]
+        for methods in ("ps", "ps,int8")
     },
 }
 
@@ -174,7 +196,19 @@ def _recovery_suite() -> dict[str, list[str]]:
     }
 
 
-SUITE_BUILDERS = {"recovery": _recovery_suite}
+def _budgets_suite() -> dict[str, list[str]]:
+    """Issue 17: one search for three budgets, fine-tuned jointly, against three single-budget compiles with the
+    same evaluations in all (a third each), each fine-tuned the same way. One thread per job: the family and the
+    singles run side by side on the 2 cores."""
+    common = [*RESNET56, "--methods", "ps", "--samples", "16", "--iterations", "6", "--bn-recalibrate", "256",
+              "--train-data", _train_lossless_outside_val(), "--finetune-epochs", "4", "--distill", *ONE_THREAD]
+    return {
+        "resnet56-family": [*common, "--budgets", "0.8", "0.6", "0.4", "--max-evaluations", "150"],
+        **{f"resnet56-single-{b}": [*common, "--budgets", b, "--max-evaluations", "50"] for b in ("0.8", "0.6", "0.4")},
+    }
+
+
+SUITE_BUILDERS = {"recovery": _recovery_suite, "budgets": _budgets_suite}
 
 
 # Jobs whose search is another job's: they start from a copy of it and only re-report.
@@ -257,12 +291,17 @@ def _row(name: str, r: dict) -> str:
     )
 
 
+def _rule_cells(rule: dict | None) -> str:
+    if not rule or rule.get("top1_test") is None:
+        return "—"
+    return f"r = {rule['rate']:.3f}: {rule['macs_ratio']:.1%}, {rule['top1_val']:.2f} / {rule['top1_test']:.2f}"
+
+
 def _search_row(name: str, r: dict) -> str:
     """One-rate rule beside the searched plan (issue 13), TEST of the emitted model."""
     b, c, s = r["baseline"], r["compressed"], r["search"]
     rule = s.get("one_rate_rule") or {}
-    rule_cells = (f"r = {rule['rate']:.3f}: {rule['macs_ratio']:.1%}, {rule['top1_val']:.2f} / "
-                  f"{rule['top1_test']:.2f}" if rule.get("top1_test") is not None else "—")
+    rule_cells = f"{_rule_cells(rule)} | {_rule_cells(rule.get('at_searched_cost'))}"
     test = f"{b['top1_test']:.2f} → {c['top1_test']:.2f}" if "top1_test" in c else "—"
     images = s.get("images_evaluated")
     return (
@@ -274,13 +313,40 @@ def _search_row(name: str, r: dict) -> str:
 
 def render_search(rows: list) -> list[str]:
     return [
-        "One-rate rule: r, MACs, top-1 SEARCH-VAL (substituted) / TEST (substituted, BatchNorm re-estimated);",
-        "searched: MACs and TEST of the emitted model; evaluations are paid ones (cache misses), early-rejected",
-        "ones stopped before the end of VAL; search minutes exclude loading and lowering.",
+        "One-rate rule: r, MACs, top-1 SEARCH-VAL (substituted) / TEST (substituted, BatchNorm re-estimated when",
+        "candidates are), at the threshold and at the rate whose cost is nearest the searched plan's (scored after",
+        "the search: the comparison at equal cost); searched: MACs and TEST of the emitted model; evaluations are",
+        "paid ones (cache misses), early-rejected ones stopped before the end of VAL; search minutes exclude loading",
+        "and lowering.",
         "",
-        "| job | sampler | one-rate rule | searched MACs | top-1 TEST | evaluations | early-rejected | images | eval/s | search min |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| job | sampler | one-rate rule | one-rate rule at the searched cost | searched MACs | top-1 TEST | evaluations | early-rejected | images | eval/s | search min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *[_search_row(name, r) for name, _, r in rows],
+    ]
+
+
+def _int8_row(name: str, r: dict) -> str:
+    """The float model.onnx beside its model_int8.onnx: bytes, TEST, measured speedup against the float baseline."""
+    q, c, b = r.get("int8") or {}, r["compressed"], r["baseline"]
+    if not q:
+        return f"| {name} | {c['top1_test']:.2f} | — | — | — | — |"
+    size = q["file_bytes"]
+    m = q.get("measured") or {}
+    speed = " / ".join(f"{m[k]['float_speedup']:.2f}× / {m[k]['int8_speedup']:.2f}×" for k in ("batch_1", "batch_32") if k in m)
+    return (f"| {name} | {b['top1_test']:.2f} → {q['top1']['test']['float']:.2f} / {q['top1']['test']['int8']:.2f} | "
+            f"{size['float'] / 1e6:.2f} / {size['int8'] / 1e6:.2f} MB | {len(q['layers'])} of {len(q['layers']) + len(q['float_layers'])} | "
+            f"{speed or '—'} | {q['validation'].get('top1_agreement', float('nan')):.3f} |")
+
+
+def render_int8(rows: list) -> list[str]:
+    return [
+        "Each job's float model (model.onnx) beside its int8 model (model_int8.onnx): TEST top-1 float / int8, file",
+        "size float / int8, layers in int8, measured ONNX Runtime speedup over the float baseline at batch 1 and 32",
+        "(float / int8 each), and the int8 model's top-1 agreement with its simulation on VAL (validation).",
+        "",
+        "| job | TEST top-1 baseline → float / int8 | file float / int8 | int8 layers | measured b1 float / int8, b32 float / int8 | agreement |",
+        "|---|---|---|---|---|---|",
+        *[_int8_row(name, r) for name, _, r in rows],
     ]
 
 
@@ -326,6 +392,20 @@ def render_convergence(runs_of: str, names: list[str]) -> list[str]:
     return lines
 
 
+# A job re-emitted by a resume (a newer report from the same search, which evaluates nothing) keeps the report
+# of the run that searched under this name; its evaluation counts and times are the search's.
+FIRST_RUN_REPORT = "report.first-run.json"
+FIRST_RUN_SEARCH_FIGURES = ("evaluations", "evaluations_per_s", "early_rejected", "images_evaluated", "cache_hits")
+
+
+def _search_figures_of_first_run(job_dir: Path, r: dict) -> None:
+    first = job_dir / FIRST_RUN_REPORT
+    if first.exists():
+        searched = json.loads(first.read_text())
+        r["search"].update({k: searched["search"][k] for k in FIRST_RUN_SEARCH_FIGURES if k in searched["search"]})
+        r["timings_s"] = searched["timings_s"]
+
+
 def render(suite: str, runs_of: str, machine: str | None = None) -> str:
     rows = []
     for name, argv in suite_jobs(suite).items():
@@ -338,6 +418,7 @@ def render(suite: str, runs_of: str, machine: str | None = None) -> str:
                 first = json.loads((_job_dir(*source) / "report.json").read_text())
                 r["search"], r["timings_s"] = first["search"], first["timings_s"]
                 name = f"{name} (search of {source[0]}/{source[1]})"
+            _search_figures_of_first_run(_job_dir(runs_of, name), r)
             rows.append((name, argv, r))
     date = datetime.date.today().isoformat()
     lines = [
@@ -355,8 +436,10 @@ def render(suite: str, runs_of: str, machine: str | None = None) -> str:
     lines += [_row(name, r) for name, _, r in rows]
     if suite in ("search", "samplers"):
         lines += ["", *render_search(rows)]
-    if suite == "samplers":
+    if suite in ("search", "samplers"):
         lines += ["", *render_convergence(runs_of, list(suite_jobs(suite)))]
+    if suite == "int8":
+        lines += ["", *render_int8(rows)]
     lines += ["", "Commands:", ""]
     lines += [f"- `{name}`: `{r['command']}`" for name, _, r in rows]
     return "\n".join(lines) + "\n"
@@ -380,6 +463,8 @@ HEADINGS = {
     "search": "The search against the one-rate rule, TPE and CMA-ES (issue 13)",
     "samplers": "Samplers on ResNet-56, three seeds each (issue 13)",
     "recovery": "The whole pipeline at scale: search and fine-tuning (issue 14)",
+    "int8": "Precision searched with pruning: ps against ps,int8 (issue 15)",
+    "budgets": "A family of budgets from one search against single compiles (issue 17)",
 }
 
 
