@@ -338,6 +338,32 @@ def _int8_row(name: str, r: dict) -> str:
             f"{speed or '—'} | {q['validation'].get('top1_agreement', float('nan')):.3f} |")
 
 
+def render_budgets(runs_of: str, names: list[str]) -> list[str]:
+    """Every member of every job's family (OUT/budgets/family.json): the one-search family against single compiles."""
+    lines = [
+        "Per member: MACs, TEST top-1 before → after fine-tuning (joint for the family; a single compile's one member",
+        "is fine-tuned alone), measured ONNX Runtime speedup over the baseline at batch 1 / 32 (one thread), and the",
+        "job's paid evaluations (one-rate rule + boundary + search).",
+        "",
+        "| job | budget | MACs | TEST before → after fine-tuning | measured b1 / b32 | evaluations (rule + boundary + search) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        path = _job_dir(runs_of, name) / "budgets" / "family.json"
+        if not path.exists():
+            continue
+        family = json.loads(path.read_text())
+        e = family["evaluations"]
+        spent = f"{e['paid']} ({e['one_rate_rule']} + {e['boundary']} + {e['paid'] - e['one_rate_rule'] - e['boundary']})"
+        for m in family["members"]:
+            t, speed = m["top1"], m.get("measured") or {}
+            measured = " / ".join(f"{speed[k]['speedup']:.2f}×" for k in ("batch_1", "batch_32") if k in speed) or "—"
+            before = t.get("test_before_finetune")
+            test = f"{before:.2f} → {t['test']:.2f}" if before is not None else f"{t['test']:.2f}"
+            lines.append(f"| {name} | {m['budget']:.2f} | {m['macs_ratio']:.1%} | {test} | {measured} | {spent} |")
+    return lines
+
+
 def render_int8(rows: list) -> list[str]:
     return [
         "Each job's float model (model.onnx) beside its int8 model (model_int8.onnx): TEST top-1 float / int8, file",
@@ -440,6 +466,8 @@ def render(suite: str, runs_of: str, machine: str | None = None) -> str:
         lines += ["", *render_convergence(runs_of, list(suite_jobs(suite)))]
     if suite == "int8":
         lines += ["", *render_int8(rows)]
+    if suite == "budgets":
+        lines += ["", *render_budgets(runs_of, list(suite_jobs(suite)))]
     lines += ["", "Commands:", ""]
     lines += [f"- `{name}`: `{r['command']}`" for name, _, r in rows]
     return "\n".join(lines) + "\n"
