@@ -270,10 +270,15 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def _speedups(measured: dict) -> str:
+    """Measured speedup at batch 1 / batch 32, as a report's or a family member's `measured` gives them."""
+    return " / ".join(f"{measured[k]['speedup']:.2f}×" for k in ("batch_1", "batch_32") if k in measured) or "—"
+
+
 def _row(name: str, r: dict) -> str:
     b, c, s = r["baseline"], r["compressed"], r["speedup"]
     m = s.get("measured_host", {})
-    measured = " / ".join(f"{m[k]['speedup']:.2f}×" for k in ("batch_1", "batch_32") if k in m) or "—"
+    measured = _speedups(m)
     test = (f"{b['top1_test']:.2f} → {c['top1_test']:.2f}" if "top1_test" in c else "—")
     before_ft = c.get("top1_test_before_finetune")
     if before_ft is not None:
@@ -357,7 +362,7 @@ def render_budgets(runs_of: str, names: list[str]) -> list[str]:
         spent = f"{e['paid']} ({e['one_rate_rule']} + {e['boundary']} + {e['paid'] - e['one_rate_rule'] - e['boundary']})"
         for m in family["members"]:
             t, speed = m["top1"], m.get("measured") or {}
-            measured = " / ".join(f"{speed[k]['speedup']:.2f}×" for k in ("batch_1", "batch_32") if k in speed) or "—"
+            measured = _speedups(speed)
             before = t.get("test_before_finetune")
             test = f"{before:.2f} → {t['test']:.2f}" if before is not None else f"{t['test']:.2f}"
             lines.append(f"| {name} | {m['budget']:.2f} | {m['macs_ratio']:.1%} | {test} | {measured} | {spent} |")
