@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -50,6 +51,13 @@ class FinetuneLog:
     train_loss: list[float] = field(default_factory=list)
     train_top1: list[float] = field(default_factory=list)
     resumed_from_epoch: int = 0
+    # Wall seconds of each epoch's training steps (data loading included), for the report's images/s; empty in
+    # checkpoints written before it was recorded.
+    epoch_seconds: list[float] = field(default_factory=list)
+
+    def images_per_s(self, images: int) -> float | None:
+        """Training throughput over the epochs this log timed, or None if it timed none."""
+        return images * len(self.epoch_seconds) / sum(self.epoch_seconds) if self.epoch_seconds else None
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -167,6 +175,7 @@ def finetune(
         batches.epoch = epoch  # before iter(loader): workers prefetch as soon as it starts
         model.train()
         total, correct, seen = 0.0, 0, 0
+        started = time.perf_counter()
         for step, batch in enumerate(loader):
             x, y, teacher_logits = batch_with_teacher(batch, device_t, layout, teacher, cfg)
             logits = model(x).float()
@@ -181,6 +190,7 @@ def finetune(
             if on_batch is not None:
                 on_batch(step + 1, len(batches))
         model.eval()
+        log.epoch_seconds.append(time.perf_counter() - started)
         log.epochs_done = epoch + 1
         log.train_loss.append(total / seen)
         log.train_top1.append(100.0 * correct / seen)

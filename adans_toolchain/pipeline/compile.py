@@ -1146,6 +1146,7 @@ def _finetune(cfg: CompileConfig, inputs: _Inputs, models: EmittedModels, ws: Wo
         logs[name] = FinetuneRun(
             train_loss=done.log.train_loss, train_top1=done.log.train_top1, resumed_from_epoch=done.log.resumed_from_epoch,
             interpreter_check_relative_diff=done.self_check, validation=done.emitted.validation.as_dict(),
+            epoch_seconds=done.log.epoch_seconds, images_per_s=done.log.images_per_s(len(train)),
         )
         for split, data in (("val", inputs.val), ("test", inputs.test)):
             if data is None:

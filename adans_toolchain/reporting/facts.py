@@ -7,7 +7,7 @@ report.json and report.md. Tests build them by hand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from adans_toolchain.lowering.storage import Storage
@@ -120,6 +120,8 @@ class FinetuneRun:
     resumed_from_epoch: int | None
     interpreter_check_relative_diff: float | None
     validation: Mapping[str, Any]
+    epoch_seconds: list[float] = field(default_factory=list)  # wall, data loading included; epochs of this session
+    images_per_s: float | None = None  # training throughput over those epochs
 
 
 @dataclass(frozen=True)

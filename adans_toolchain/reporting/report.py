@@ -231,6 +231,16 @@ def _ratio(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}×"
 
 
+def _training_speed_markdown(ft: dict) -> list[str]:
+    """Training throughput of each fine-tuned model, wall clock with data loading, over the epochs timed."""
+    speeds = [(name, ft[name]) for name in ("compressed", "baseline") if (ft.get(name) or {}).get("images_per_s")]
+    if not speeds:
+        return []
+    said = "; ".join(f"the {name} model {run['images_per_s']:.0f} images/s over {len(run['epoch_seconds'])} epochs "
+                     f"({sum(run['epoch_seconds']) / 60:.1f} min)" for name, run in speeds)
+    return [f"Training throughput (wall clock, data loading included): {said}.", ""]
+
+
 def _table_iv_markdown(r: dict) -> list[str]:
     t = r["table_iv"]["model"]
     if t["predicted"] is None and not t["measured_host"]:
@@ -524,7 +534,7 @@ def render_markdown(r: dict, plots: list[str]) -> str:
         ]
         for i, (loss, acc) in enumerate(zip(ft["compressed"]["train_loss"], ft["compressed"]["train_top1"]), 1):
             lines.append(f"| {i} | {loss:.4f} | {acc:.2f} % |")
-        lines.append("")
+        lines += ["", *_training_speed_markdown(ft)]
     lines += int8_markdown(r)
     v = r["validation"]
     lines += [

@@ -84,6 +84,8 @@ def test_interrupted_finetune_resumes_to_the_same_weights(pruned, tmp_path):
     resumed = fresh()
     log = finetune(resumed, data, CONFIG, checkpoint=tmp_path / "b.pt")
     assert log.resumed_from_epoch == 1 and log.epochs_done == 2
+    # Both epochs timed: the first's seconds came back with the checkpoint.
+    assert len(log.epoch_seconds) == 2 and min(log.epoch_seconds) > 0
     for name, value in uninterrupted.trained_initializers().items():
         assert np.array_equal(value, resumed.trained_initializers()[name]), name
 
@@ -95,3 +97,15 @@ def test_checkpoint_of_other_settings_is_refused(pruned, tmp_path):
     finetune(OnnxModule(emitted.pre_simplify, (3, 32, 32)), data, FinetuneConfig(epochs=1, batch_size=64), checkpoint=tmp_path / "c.pt")
     with pytest.raises(SearchStateError):
         finetune(OnnxModule(emitted.pre_simplify, (3, 32, 32)), data, FinetuneConfig(epochs=1, batch_size=32), checkpoint=tmp_path / "c.pt")
+
+
+def test_training_throughput_is_images_over_the_timed_epochs():
+    from adans_toolchain.finetune.train import FinetuneLog
+    from adans_toolchain.reporting.report import _training_speed_markdown
+
+    log = FinetuneLog(epochs_done=2, epoch_seconds=[2.0, 3.0])
+    assert log.images_per_s(100) == pytest.approx(40.0)
+    assert FinetuneLog(epochs_done=2).images_per_s(100) is None  # a checkpoint from before epochs were timed
+    said = _training_speed_markdown({"compressed": {"images_per_s": 40.0, "epoch_seconds": [2.0, 3.0]},
+                                     "baseline": {"images_per_s": None, "epoch_seconds": []}})
+    assert said[0].startswith("Training throughput") and "40 images/s over 2 epochs" in said[0] and "baseline" not in said[0]
