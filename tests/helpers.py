@@ -33,3 +33,19 @@ def export_and_analyse(module: torch.nn.Module, image_shape: tuple[int, int, int
     module = module.eval()
     model = export_onnx(module, image_shape)
     return Exported(module, model, analyse_channels(Graph.from_model(model, image_shape)), image_shape)
+
+
+def with_a_weight_scale_tripled(int8_model, spec):
+    """A copy of a QDQ model whose first quantized layer's weight scale is three times what it should be: what a
+    wrong scale or a saturating integer kernel does to the logits, for tests of the int8 validation."""
+    import onnx
+    from onnx import numpy_helper
+
+    tampered = onnx.ModelProto()
+    tampered.CopyFrom(int8_model)
+    node, _ = next(k for k in sorted(spec.constants) if k[1] == 1)
+    dq = next(n for n in tampered.graph.node if n.op_type == "DequantizeLinear" and n.output[0] in
+              {i for m in tampered.graph.node if m.name == node for i in m.input})
+    scale = next(i for i in tampered.graph.initializer if i.name == dq.input[1])
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * 3, scale.name))
+    return tampered

@@ -42,9 +42,11 @@ def make_session(
     return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
 
 
-def run_onnx(model: onnx.ModelProto, x: np.ndarray, threads: int = 1, batch_size: int = 64) -> np.ndarray:
-    """Logits of `model` on `x`, in batches."""
-    session = make_session(model, threads)
+def run_onnx(
+    model: onnx.ModelProto, x: np.ndarray, threads: int = 1, batch_size: int = 64, *, optimize: bool = True
+) -> np.ndarray:
+    """Logits of `model` on `x`, in batches; optimize=False runs the graph as written (no fusion, ORT_DISABLE_ALL)."""
+    session = make_session(model, threads, optimize=optimize)
     name = session.get_inputs()[0].name
     parts = [session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
     return np.concatenate(parts)

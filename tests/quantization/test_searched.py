@@ -3,9 +3,11 @@
 Checked on ResNet-20 (real weights, CIFAR-10) and a random MobileNetV2
 (depthwise convolutions, Clip6 activations): the QDQ model of a ps,int8 plan,
 run by ONNX Runtime, agrees with its simulation on top-1 for >= 99 % of the
-images and within validate.TOLERANCE (5 %) of the largest |logit|; the
-evaluator scores exactly that simulation; and the model the compile emits
-for the plan is bit for bit the one the search scored.
+images and within validate.TOLERANCE (5 %) of the largest |logit| (a
+strongly decomposed plan's logits: within twice ONNX Runtime's own rounding
+noise, its fused vs unfused run); the evaluator scores exactly that
+simulation; and the model the compile emits for the plan is bit for bit the
+one the search scored.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from onnx import numpy_helper
 
 from adans_toolchain.analysis.channels import analyse_channels
 from adans_toolchain.analysis.graph import Graph
+from adans_toolchain.errors import ValidationError
 from adans_toolchain.evaluation.base import make_evaluator
 from adans_toolchain.evaluation.substitution import original_weights
 from adans_toolchain.frontend.data import ImageSet, Preprocessing, load_image_set
@@ -30,9 +33,11 @@ from adans_toolchain.plan.sites import layer_sites, parse_methods
 from adans_toolchain.plan.space import CompressionSpace
 from adans_toolchain.quantization import simulate_logits, validate_int8
 from adans_toolchain.quantization.searched import SearchedInt8, int8_nodes, quantize_plan
-from adans_toolchain.quantization.validate import MIN_AGREEMENT, TOLERANCE
+from adans_toolchain.quantization.validate import (AGREEMENT_MARGIN, MAX_TOLERANCE, MIN_AGREEMENT, RUNTIME_NOISE_FACTOR,
+                                                  TOLERANCE)
 from adans_toolchain.transforms.plan_transform import PlanTransform
 from tests.conftest import randomise_batchnorm
+from tests.helpers import with_a_weight_scale_tripled
 
 
 @dataclass
@@ -110,16 +115,55 @@ def test_the_emitted_int8_model_of_a_ps_int8_plan_agrees_with_its_simulation(fix
 
 
 def test_decomposed_int8_layers_have_every_factor_quantized(resnet20_search):
-    # Mild ranks, every other layer int8. A factorised layer is two or three convolutions, each output
-    # quantized: more places where a value on a rounding boundary lands one step away in ONNX Runtime, and the
-    # step travels on. At ranks 0.3 with every layer int8, ONNX Runtime's own fused and unfused runs of one QDQ
-    # model differ by ~4 % of the largest logit (and the simulation by 6-8 %), beyond the 5 % tolerance.
+    # Mild ranks, every other layer int8 (ranks 0.3 with every layer int8: the next test).
     x = _mixed_point(resnet20_search.space, 0.1)
     plan, quantized, validation = _agreement(resnet20_search, x)
     assert {d.layer for d in plan.active_decompositions} & set(plan.int8_layers)
     factors = [n for n in quantized.nodes if "/tucker_" in n or "/svd_" in n]
     assert factors and set(quantized.nodes) == set(int8_nodes(quantized.float_model, resnet20_search.analysis, plan))
     assert validation.result.top1_agreement >= MIN_AGREEMENT
+
+
+@pytest.fixture(scope="module")
+def decomposed_int8(resnet20_search):
+    """The d,ps,int8 case of docs/DESIGN.md: Tucker/SVD ranks and channels at x = 0.3, every layer int8."""
+    space = resnet20_search.space
+    x = np.where([name.endswith(":int8") for name in space.names], 1.0, 0.3)
+    plan = space.decode(x)
+    assert set(plan.int8_layers) >= {d.layer for d in plan.active_decompositions} and plan.active_decompositions
+    return plan, resnet20_search.evaluator.int8.quantized(resnet20_search.evaluator, plan)
+
+
+def test_a_strongly_decomposed_int8_plan_is_allowed_onnx_runtimes_own_rounding_noise(resnet20_search, decomposed_int8):
+    # A factorised layer is two or three convolutions, each output quantized: more places where a value on a
+    # rounding boundary lands one step away in ONNX Runtime, and the step travels on. Here the logits differ from
+    # the simulation by 7.2 % of the largest |logit|, beyond TOLERANCE, and ONNX Runtime's own fused and unfused
+    # runs of the same QDQ model by 4.6 %: twice that is allowed. Top-1 agreement is 98.3 %, under MIN_AGREEMENT,
+    # but ORT's own fused and unfused runs agree on only 98.0 %: the simulation must agree as often, less half a
+    # point. Both rules raised on this plan before.
+    _, quantized = decomposed_int8
+    validation = validate_int8(quantized.int8, quantized.float_model, resnet20_search.check.x.numpy(),
+                               spec=quantized.spec)
+    r, noise = validation.result, validation.runtime_noise
+    assert 0.98 <= r.top1_agreement < MIN_AGREEMENT
+    assert validation.min_agreement == pytest.approx(validation.runtime_noise_agreement - AGREEMENT_MARGIN)
+    assert r.max_abs_diff > TOLERANCE * r.largest_logit
+    assert noise is not None and 0.02 * r.largest_logit < noise < TOLERANCE * r.largest_logit
+    assert validation.allowed_by == "runtime_noise" and RUNTIME_NOISE_FACTOR == 2.0 and MAX_TOLERANCE == 0.15
+    assert r.allowed_diff == pytest.approx(RUNTIME_NOISE_FACTOR * noise) and r.max_abs_diff <= r.allowed_diff
+    assert r.relative_diff <= r.tolerance == TOLERANCE  # what report.json's readers check, as for the float model
+    reported = validation.as_dict()
+    assert reported["runtime_noise"] == noise and reported["allowed_by"] == "runtime_noise"
+    assert 0.97 <= reported["runtime_noise_agreement"] < MIN_AGREEMENT  # rounding alone flips ~2 % of top-1 here
+    assert reported["allowed_diff"] == r.allowed_diff and reported["max_tolerance"] == MAX_TOLERANCE
+
+
+def test_a_wrong_scale_fails_even_with_the_rounding_noise_allowance(resnet20_search, decomposed_int8):
+    """One weight scale of the decomposed int8 model tripled (as a wrong scale or a saturating kernel would)."""
+    _, quantized = decomposed_int8
+    tampered = with_a_weight_scale_tripled(quantized.int8, quantized.spec)
+    with pytest.raises(ValidationError, match="differs from its simulation.*fused and unfused runs agree.*own rounding noise"):
+        validate_int8(tampered, quantized.float_model, resnet20_search.check.x.numpy()[:100], spec=quantized.spec)
 
 
 def test_the_search_scores_the_simulation_of_the_model_it_emits(resnet20_search):

@@ -13,6 +13,7 @@ from adans_toolchain.quantization.qdq import WEIGHT_RANGE
 from adans_toolchain.quantization.spec import quantize_constant
 from adans_toolchain.quantization.validate import MIN_AGREEMENT, TOLERANCE
 from adans_toolchain.runtime.sessions import run_onnx
+from tests.helpers import with_a_weight_scale_tripled
 
 
 def _floats(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -78,13 +79,7 @@ def test_calibrated_parameters_equal_the_stored_ones(resnet20):
 
 def test_a_runtime_that_computes_something_else_fails_validation(resnet20):
     """One weight scale changed in the int8 model (as a saturating kernel or a wrong scale would): an error."""
-    tampered = onnx.ModelProto()
-    tampered.CopyFrom(resnet20.int8)
-    node, _ = next(k for k in sorted(resnet20.spec.constants) if k[1] == 1)
-    dq = next(n for n in tampered.graph.node if n.op_type == "DequantizeLinear" and n.output[0] in
-              {i for m in tampered.graph.node if m.name == node for i in m.input})
-    scale = next(i for i in tampered.graph.initializer if i.name == dq.input[1])
-    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * 3, scale.name))
+    tampered = with_a_weight_scale_tripled(resnet20.int8, resnet20.spec)
     with pytest.raises(ValidationError, match="differs from its simulation"):
         validate_int8(tampered, resnet20.float_model, resnet20.check[:200], spec=resnet20.spec)
 
