@@ -362,18 +362,20 @@ def _search_row(name: str, r: dict) -> str:
     )
 
 
+def _table(about: list[str], columns: list[str], rows: list[str]) -> list[str]:
+    """A markdown table under the lines saying what it shows; the separator follows the columns."""
+    return [*about, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows]
+
+
 def render_search(rows: list) -> list[str]:
-    return [
+    return _table([
         "One-rate rule: r, MACs, top-1 SEARCH-VAL (substituted) / TEST (substituted, BatchNorm re-estimated when",
         "candidates are), at the threshold and at the rate whose cost is nearest the searched plan's (scored after",
         "the search: the comparison at equal cost); searched: MACs and TEST of the emitted model; evaluations are",
         "paid ones (cache misses), early-rejected ones stopped before the end of VAL; search minutes exclude loading",
         "and lowering.",
-        "",
-        "| job | sampler | one-rate rule | one-rate rule at the searched cost | searched MACs | top-1 TEST | evaluations | early-rejected | images | eval/s | search min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        *[_search_row(name, r) for name, _, r in rows],
-    ]
+    ], ["job", "sampler", "one-rate rule", "one-rate rule at the searched cost", "searched MACs", "top-1 TEST", "evaluations",
+        "early-rejected", "images", "eval/s", "search min"], [_search_row(name, r) for name, _, r in rows])
 
 
 def _int8_row(name: str, r: dict) -> str:
@@ -391,14 +393,7 @@ def _int8_row(name: str, r: dict) -> str:
 
 def render_budgets(runs_of: str, names: list[str]) -> list[str]:
     """Every member of every job's family (OUT/budgets/family.json): the one-search family against single compiles."""
-    lines = [
-        "Per member: MACs, TEST top-1 before → after fine-tuning (joint for the family; a single compile's one member",
-        "is fine-tuned alone), measured ONNX Runtime speedup over the baseline at batch 1 / 32 (one thread), and the",
-        "job's paid evaluations (one-rate rule + boundary + search).",
-        "",
-        "| job | budget | MACs | TEST before → after fine-tuning | measured b1 / b32 | evaluations (rule + boundary + search) |",
-        "|---|---|---|---|---|---|",
-    ]
+    rows = []
     for name in names:
         path = _job_dir(runs_of, name) / "budgets" / "family.json"
         if not path.exists():
@@ -411,20 +406,22 @@ def render_budgets(runs_of: str, names: list[str]) -> list[str]:
             measured = _speedups(speed)
             before = t.get("test_before_finetune")
             test = f"{before:.2f} → {t['test']:.2f}" if before is not None else f"{t['test']:.2f}"
-            lines.append(f"| {name} | {m['budget']:.2f} | {m['macs_ratio']:.1%} | {test} | {measured} | {spent} |")
-    return lines
+            rows.append(f"| {name} | {m['budget']:.2f} | {m['macs_ratio']:.1%} | {test} | {measured} | {spent} |")
+    return _table([
+        "Per member: MACs, TEST top-1 before → after fine-tuning (joint for the family; a single compile's one member",
+        "is fine-tuned alone), measured ONNX Runtime speedup over the baseline at batch 1 / 32 (one thread), and the",
+        "job's paid evaluations (one-rate rule + boundary + search).",
+    ], ["job", "budget", "MACs", "TEST before → after fine-tuning", "measured b1 / b32",
+        "evaluations (rule + boundary + search)"], rows)
 
 
 def render_int8(rows: list) -> list[str]:
-    return [
+    return _table([
         "Each job's float model (model.onnx) beside its int8 model (model_int8.onnx): TEST top-1 float / int8, file",
         "size float / int8, layers in int8, measured ONNX Runtime speedup over the float baseline at batch 1 and 32",
         "(float / int8 each), and the int8 model's top-1 agreement with its simulation on VAL (validation).",
-        "",
-        "| job | TEST top-1 baseline → float / int8 | file float / int8 | int8 layers | measured b1 float / int8, b32 float / int8 | agreement |",
-        "|---|---|---|---|---|---|",
-        *[_int8_row(name, r) for name, _, r in rows],
-    ]
+    ], ["job", "TEST top-1 baseline → float / int8", "file float / int8", "int8 layers",
+        "measured b1 float / int8, b32 float / int8", "agreement"], [_int8_row(name, r) for name, _, r in rows])
 
 
 CHECKPOINTS = (50, 100, 150, 200, 250)  # search samples at which the samplers' best feasible plans are compared
@@ -505,19 +502,16 @@ def _pct_or_dash(value: float | None, form: str = "{:.2f}") -> str:
 
 
 def render_recovery(rows: list) -> list[str]:
-    return [
+    return _table([
         "The whole pipeline, end to end: TEST top-1 of the baseline as given / fine-tuned the same way (same images,",
         "epochs and distillation), of the compressed model before → after fine-tuning, and its drop against the",
         "fine-tuned baseline; the one-rate rule at the searched plan's MACs (TEST before fine-tuning); measured",
         "ONNX Runtime speedup over the baseline at batch 1 / 32; training images/s (wall clock, data loading",
         "included) of the compressed / baseline model; minutes of search (priorities, one-rate rule, boundary and sampling), of",
         "fine-tuning (both models) and in all.",
-        "",
-        "| job | MACs | TEST baseline / fine-tuned | TEST compressed before → after fine-tuning | drop | rule at that cost "
-        "| measured b1 / b32 | train images/s | search min | fine-tune min | total min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        *[_recovery_row(name, r) for name, _, r in rows],
-    ]
+    ], ["job", "MACs", "TEST baseline / fine-tuned", "TEST compressed before → after fine-tuning", "drop", "rule at that cost",
+        "measured b1 / b32", "train images/s", "search min", "fine-tune min", "total min"],
+        [_recovery_row(name, r) for name, _, r in rows])
 
 
 def render(suite: str, runs_of: str, machine: str | None = None) -> str:
