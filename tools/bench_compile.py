@@ -487,9 +487,9 @@ def _recovery_row(name: str, r: dict) -> str:
     reference = b.get("top1_test_finetuned", b["top1_test"])
     rule = ((r["search"].get("one_rate_rule") or {}).get("at_searched_cost") or {})
     rule_cell = f"{rule['macs_ratio']:.1%}: {rule['top1_test']:.2f}" if rule.get("top1_test") is not None else "—"
-    speed = " / ".join(_pct_or_dash((ft.get(k) or {}).get("images_per_s"), "{:.0f}") for k in ("compressed", "baseline"))
-    return (f"| {name} | {c['macs'] / b['macs']:.1%} | {b['top1_test']:.2f} / {_pct_or_dash(b.get('top1_test_finetuned'))} | "
-            f"{_pct_or_dash(c.get('top1_test_before_finetune'))} → **{c['top1_test']:.2f}** | {c['top1_test'] - reference:+.2f} | "
+    speed = " / ".join(_or_dash((ft.get(k) or {}).get("images_per_s"), "{:.0f}") for k in ("compressed", "baseline"))
+    return (f"| {name} | {c['macs'] / b['macs']:.1%} | {b['top1_test']:.2f} / {_or_dash(b.get('top1_test_finetuned'))} | "
+            f"{_or_dash(c.get('top1_test_before_finetune'))} → **{c['top1_test']:.2f}** | {c['top1_test'] - reference:+.2f} | "
             f"{rule_cell} | {_speedups(r['speedup'].get('measured_host', {}))} | {speed} | "
             f"{sum(t.get(k, 0) for k in SEARCH_PHASES) / 60:.0f} | {t.get('finetune_s', 0) / 60:.0f} | {t['total_s'] / 60:.0f} |")
 
@@ -497,7 +497,7 @@ def _recovery_row(name: str, r: dict) -> str:
 SEARCH_PHASES = ("priorities_s", "one_rate_s", "boundary_s", "search_s")  # timings_s of the search, all its phases
 
 
-def _pct_or_dash(value: float | None, form: str = "{:.2f}") -> str:
+def _or_dash(value: float | None, form: str = "{:.2f}") -> str:
     return "—" if value is None else form.format(value)
 
 
