@@ -55,7 +55,9 @@ from adans_toolchain.lowering.emit import Emitted, lower_plan, simplify
 from adans_toolchain.lowering.storage import storage
 from adans_toolchain.errors import ConfigError, DataError, InputError, failures_named
 from adans_toolchain.evaluation.base import Evaluator, make_evaluator
-from adans_toolchain.evaluation.batchnorm import folded_batchnorms, folded_statistics_note
+from adans_toolchain.evaluation.batchnorm import (
+    folded_batchnorms, folded_statistics_note, restore_folded_statistics, restored_statistics_note,
+)
 from adans_toolchain.evaluation.cache import BudgetedAccuracy, CachedAccuracy, EvaluationCache
 from adans_toolchain.evaluation.rejection import EarlyRejection
 from adans_toolchain.evaluation.substitution import original_weights
@@ -180,6 +182,7 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
         # An ONNX file is analysed and lowered as given (its initializer names are the parameter names).
         check_onnx_runs_on(loaded.module, val.image_shape)
     _check_model_runs_on(loaded.module, val)
+    restore_notes = _restore_folded_statistics(loaded.module, calibration, search_val, cfg)
     if loaded.source == "onnx":
         progress.step(f"analysing channel groups of the ONNX model (input {list(val.image_shape)})")
         onnx_model = loaded.onnx_model
@@ -187,6 +190,7 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
         progress.step(f"exporting to ONNX and analysing channel groups (input {list(val.image_shape)})")
         with failures_named(f"exporting {cfg.model} to ONNX", _EXPORT_ADVICE):
             onnx_model = export_onnx(loaded.module, val.image_shape)
+    # After restoration only an ONNX model's BatchNormalization nodes can still be folded.
     calibration, load_notes = _without_folded_statistics(calibration, loaded.module, onnx_model)
     with failures_named(f"analysing the ONNX graph of {cfg.model}", _ANALYSIS_ADVICE):
         graph = Graph.from_model(onnx_model, val.image_shape)
@@ -198,7 +202,27 @@ def _load_inputs(cfg: CompileConfig, progress: Progress) -> _Inputs:
         analysis = analyse_channels(graph)
     train = _training_data(cfg, prep, val.image_shape, classes, progress) if cfg.finetune_epochs else None
     return _Inputs(target, threads, loaded.module, loaded.description, val, test, calibration, prep, onnx_model, analysis,
-                   search_val=search_val, holdout=holdout, train=train, notes=load_notes)
+                   search_val=search_val, holdout=holdout, train=train, notes=(*restore_notes, *load_notes))
+
+
+def _restore_folded_statistics(module, calibration: ImageSet | None, search_val: ImageSet, cfg: CompileConfig
+                               ) -> tuple[str, ...]:
+    """Folded BatchNorm statistics of a PyTorch model measured back (evaluation/batchnorm.py) when re-estimation or
+    fine-tuning will use them: on the calibration images, the ones re-estimation will measure candidates on, else
+    on SEARCH-VAL's first images (labels unused)."""
+    if not isinstance(module, torch.nn.Module) or (calibration is None and not cfg.finetune_epochs):
+        return ()
+    images = calibration if calibration is not None else search_val.subset(_RESTORE_IMAGES)
+    restored = restore_folded_statistics(module, images.x, cfg.batch_size)
+    if not restored:
+        return ()
+    what = "calibration" if calibration is not None else "SEARCH-VAL"
+    return (restored_statistics_note(restored, folded_batchnorms(module)[1], len(images), what),)
+
+
+# Images that measure restored BatchNorm statistics when there are no calibration images (as many as the default
+# re-estimation of the ResNet benchmarks).
+_RESTORE_IMAGES = 256
 
 
 def _without_folded_statistics(calibration: ImageSet | None, module, onnx_model: onnx.ModelProto
